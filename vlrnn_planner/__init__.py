@@ -1,0 +1,120 @@
+"""vlrnn-planner: exact backpropagation through time over very long sequences, in blocks,
+planned to a memory budget.
+
+The core package is framework-free: it never imports torch. Backends (such as ``vlrnn_torch``)
+are found through the entry-point group ``vlrnn_planner.backends``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .actions import Action, Advance, ForwardBackward, Free
+from .backends import Backend, Result, SequenceShape, available_backends, find_backend
+from .errors import (
+    BackendNotFoundError,
+    InfeasibleBudgetError,
+    InvalidInputError,
+    InvalidTypeError,
+    PlannerError,
+    ScheduleError,
+)
+from .plan import Plan, Schedule, fixed_plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "Advance",
+    "ForwardBackward",
+    "Free",
+    "Backend",
+    "Result",
+    "SequenceShape",
+    "available_backends",
+    "find_backend",
+    "PlannerError",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "InfeasibleBudgetError",
+    "ScheduleError",
+    "BackendNotFoundError",
+    "Plan",
+    "Schedule",
+    "fixed_plan",
+    "backward",
+]
+
+
+def backward(
+    plan: Plan | Schedule,
+    cell: Any,
+    inputs: Any,
+    *,
+    targets: Any = None,
+    loss_fn: Any = None,
+    state: Any = None,
+    final_loss_fn: Any = None,
+    time_dim: int | None = None,
+    backend: Backend | None = None,
+) -> Result:
+    """Run ``cell`` over ``inputs`` in blocks and backpropagate, exactly as plain BPTT would.
+
+    Every ``.grad`` (the cell's parameters, a leaf initial state, and whatever lies upstream of a
+    non-leaf initial state) ends as ``loss.backward()`` on the store-everything computation would
+    leave it, up to floating-point reassociation; gradients accumulate into existing ``.grad``.
+    If anything raises during the call, every ``.grad`` is as it was before and the exception
+    propagates unchanged.
+
+    Parameters
+    ----------
+    plan : Plan or Schedule
+        From `fixed_plan` or `auto_plan`; a plan resolves (and caches) its schedule for the
+        shape of ``inputs``.
+    cell : module
+        A sequence module ``forward(x_block, state) -> (outputs, state)`` or a step cell; see the
+        backend's documentation (`vlrnn_torch`).
+    inputs : tensor or PackedSequence
+        With a time axis (the cell's convention, or ``time_dim``).
+    targets : tensor or PackedSequence, optional
+        Sliced like ``inputs`` and handed to ``loss_fn`` block by block.
+    loss_fn : callable, optional
+        ``loss_fn(outputs_block, targets_block) -> scalar``: the block's share of the total loss.
+    state : optional
+        Initial state: a tensor, any nesting of tuples, lists and dicts of tensors, or None.
+    final_loss_fn : callable, optional
+        ``final_loss_fn(final_state) -> scalar``: an extra loss on the final state.
+    time_dim : int, optional
+        Overrides the cell's time axis.
+    backend : Backend, optional
+        Overrides backend discovery.
+
+    Returns
+    -------
+    Result
+        ``.loss`` (float, the total), ``.state`` (the final state, detached), ``.schedule``.
+    """
+    if not isinstance(plan, (Plan, Schedule)):
+        raise InvalidTypeError(
+            f"vlrnn_planner: plan must be a Plan or a Schedule, got {type(plan).__name__}; "
+            "make one with vlrnn_planner.fixed_plan(block_length=K) or vlrnn_planner.auto_plan(...)"
+        )
+    if loss_fn is None and final_loss_fn is None:
+        raise InvalidInputError(
+            "vlrnn_planner: nothing to backpropagate; pass loss_fn (a per-block loss) "
+            "and/or final_loss_fn (a loss on the final state)"
+        )
+    if backend is None:
+        backend = find_backend(cell)
+    kwargs = dict(targets=targets, loss_fn=loss_fn, state=state, final_loss_fn=final_loss_fn, time_dim=time_dim)
+    shape = backend.inspect(cell, inputs, **kwargs)
+    if isinstance(plan, Schedule):
+        if plan.seq_len != shape.seq_len:
+            raise InvalidInputError(
+                f"vlrnn_planner: the schedule is for {plan.seq_len} steps but the inputs have "
+                f"{shape.seq_len}; pass the Plan instead, or a schedule made for this length"
+            )
+        schedule = plan
+    else:
+        schedule = plan.schedule(shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes)
+    return backend.execute(schedule, cell, inputs, **kwargs)

@@ -1,0 +1,96 @@
+"""The backend protocol, and discovery of installed backends.
+
+A backend measures a cell (`profile`) and carries out schedules on it (`execute`). Backends are
+found through the entry-point group ``vlrnn_planner.backends``; the core never imports one by
+name, so a new backend (JAX, a dry-run simulator) needs no change here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import BackendNotFoundError
+
+__all__ = ["Backend", "Result", "SequenceShape", "available_backends", "find_backend"]
+
+ENTRY_POINT_GROUP = "vlrnn_planner.backends"
+
+
+@dataclass(frozen=True)
+class SequenceShape:
+    """What a backend read off the inputs: steps, batch, and per-step batch sizes if they shrink."""
+
+    seq_len: int
+    batch_size: int
+    batch_sizes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `vlrnn_planner.backward` returns.
+
+    Attributes
+    ----------
+    loss : float
+        The total loss: the sum of the blocks' losses and the final-state loss.
+    state : Any
+        The final state, detached, in the caller's batch order and nesting.
+    schedule : Schedule
+        The schedule that was carried out.
+    forward_evaluations : int
+        Block forward evaluations made (no-grad advances plus one per block run with grad).
+    """
+
+    loss: float
+    state: Any
+    schedule: Any
+    forward_evaluations: int
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend provides. See `vlrnn_torch.TorchBackend` for the reference one."""
+
+    name: str
+
+    def accepts(self, cell: Any) -> bool:
+        """Whether this backend can run ``cell``."""
+
+    def inspect(self, cell: Any, inputs: Any, **kwargs: Any) -> SequenceShape:
+        """Validate a call's arguments before any work and return the sequence's shape."""
+
+    def execute(self, schedule: Any, cell: Any, inputs: Any, **kwargs: Any) -> Result:
+        """Carry out ``schedule`` on ``cell`` and ``inputs``; see `vlrnn_planner.backward`."""
+
+
+@cache
+def available_backends() -> tuple[Backend, ...]:
+    """The installed backends, instantiated once, in entry-point name order."""
+    found = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        obj = ep.load()
+        found.append(obj() if isinstance(obj, type) else obj)
+    return tuple(found)
+
+
+def find_backend(cell: Any) -> Backend:
+    """The first installed backend that accepts ``cell``.
+
+    Raises
+    ------
+    BackendNotFoundError
+        If none does.
+    """
+    backends = available_backends()
+    for backend in backends:
+        if backend.accepts(cell):
+            return backend
+    names = ", ".join(b.name for b in backends) or "none installed"
+    raise BackendNotFoundError(
+        f"vlrnn_planner: no backend accepts a cell of type {type(cell).__name__} "
+        f"(backends: {names}); install the package with `pip install -e .` so that the torch "
+        f"backend is registered, and pass a torch.nn.Module"
+    )
