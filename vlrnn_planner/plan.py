@@ -134,6 +134,32 @@ class Schedule:
         """The ordered actions, generated lazily on each iteration."""
         return Actions(self)
 
+    # Export lives in vlrnn_planner.export; these methods are the public entry points.
+    def to_json(self, **kwargs: Any) -> str:
+        """This schedule as JSON; `Schedule.from_json` gives back an equal object."""
+        from .export import schedule_to_json
+
+        return schedule_to_json(self, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        """The schedule written by `Schedule.to_json`."""
+        from .export import schedule_from_json
+
+        return schedule_from_json(text)
+
+    def graph(self):
+        """A `networkx.DiGraph`: one node per action, edges for order and for state reads."""
+        from .export import schedule_graph
+
+        return schedule_graph(self)
+
+    def to_dot(self) -> str:
+        """The graph of `graph` in Graphviz DOT."""
+        from .export import schedule_to_dot
+
+        return schedule_to_dot(self)
+
     def __str__(self) -> str:
         lines = [
             f"Schedule: {self.strategy}, T={self.seq_len}, K={self.block_length}, "
@@ -221,6 +247,19 @@ class Plan:
             checkpoints=self.checkpoints if strategy == "binomial" else None,
             batch_size=batch_size,
         )
+
+    def to_json(self, **kwargs: Any) -> str:
+        """This plan (profile included) as JSON; `Plan.from_json` gives back an equal object."""
+        from .export import plan_to_json
+
+        return plan_to_json(self, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """The plan written by `Plan.to_json`."""
+        from .export import plan_from_json
+
+        return plan_from_json(text)
 
     def __str__(self) -> str:
         if self.budget_bytes is None:
