@@ -2,16 +2,156 @@
 
 A generator takes the number of blocks ``n`` (and the strategy's parameters) and yields
 `Advance`, `ForwardBackward` and `Free` actions. Nothing is materialised: a schedule for
-millions of blocks costs nothing until it is walked.
+millions of blocks costs nothing until it is walked, and the generators keep an explicit stack
+whose depth is bounded by the number of checkpoints or levels, never by ``n``.
+
+Every strategy also has closed forms for its cost, `forward_evaluations` and
+`max_stored_states`, so that a planner can compare strategies without walking any schedule.
+
+Counting conventions (see `vlrnn_planner.actions`): the initial state (boundary 0) is a stored
+state, the working state left by an `Advance` is not. The forward evaluations of a schedule are
+the blocks run by its advances plus one per `ForwardBackward`.
+
+NOTE [ Binomial checkpointing ]
+    Reversing ``l`` blocks from a stored state with at most ``s`` stored states costs, beyond the
+    ``l`` evaluations of the ForwardBackward passes, ``t(l, s)`` no-grad block evaluations:
+    ``t(1, s) = 0`` (the one block runs from the state at hand) and
+    ``t(l, s) = min over 0 < m < l of m + t(l - m, s - 1) + t(m, s)``: advance ``m`` blocks and
+    store that state, reverse the tail with one slot less, free it, then reverse the head with all
+    slots again. The tail of one block needs no slot (it runs from the working state), hence
+    ``t(l, 1) = l (l - 1) / 2``. Griewank and Walther (ACM TOMS 26(1), 2000, "Algorithm 799:
+    Revolve", and Griewank 1992, "Achieving logarithmic growth of temporal and spatial
+    complexity in reverse automatic differentiation") give the closed form. With
+    ``beta(s, r) = C(s + r, s)`` (and ``beta(s, -1) = 0``) and ``r`` the least integer with
+    ``beta(s, r) >= l`` (the number of times the most recomputed block runs, counting its
+    ForwardBackward),
+
+        t(l, s) = r * l - beta(s + 1, r - 1).
+
+    The formula holds on the closed range ``beta(s, r - 1) <= l <= beta(s, r)``, so a split ``m``
+    is optimal when ``m`` lies in ``[beta(s, r - 2), beta(s, r - 1)]`` (reversed with ``r - 1``)
+    and ``l - m`` in ``[beta(s - 1, r - 1), beta(s - 1, r)]`` (reversed with ``r``): then
+    ``m + t(l - m, s - 1) + t(m, s) = r l - beta(s, r - 1) - beta(s + 1, r - 2) = t(l, s)`` by
+    Pascal's rule. Both ranges overlap because ``beta(s, r) = beta(s, r - 1) + beta(s - 1, r)``.
+    We take the largest optimal ``m`` (`_binomial_split`); the tests check the walked count against
+    the closed form and against the plain dynamic programme (`_optimal_forward_evaluations_dp`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any
 
 from .actions import Action, Advance, ForwardBackward, Free
+from .errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["store_all", "blocks", "STRATEGIES"]
+__all__ = [
+    "STRATEGIES",
+    "store_all",
+    "blocks",
+    "multilevel",
+    "binomial",
+    "generate",
+    "forward_evaluations",
+    "max_stored_states",
+]
+
+STRATEGIES = ("store_all", "blocks", "multilevel", "binomial")
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_blocks(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise InvalidTypeError(f"vlrnn_planner: the number of blocks must be an int, got {n!r}")
+    if n < 1:
+        raise InvalidInputError(f"vlrnn_planner: a schedule needs at least one block, got n={n}")
+    return n
+
+
+def _check_checkpoints(c: Any) -> int:
+    if c is None:
+        raise InvalidInputError(
+            "vlrnn_planner: the binomial strategy needs checkpoints=c, the most stored states "
+            "(the initial state included); pass an int of 1 or more"
+        )
+    if isinstance(c, bool) or not isinstance(c, int):
+        raise InvalidTypeError(f"vlrnn_planner: checkpoints must be an int, got {c!r}")
+    if c < 1:
+        raise InvalidInputError(
+            f"vlrnn_planner: checkpoints must be at least 1 (the initial state is stored), got {c}"
+        )
+    return c
+
+
+def _check_levels(levels: Any) -> tuple[int, ...]:
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise InvalidTypeError(
+            f"vlrnn_planner: levels must be a sequence of segment sizes in blocks, got {levels!r}"
+        )
+    levels = tuple(levels)
+    for size in levels:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidInputError(
+                f"vlrnn_planner: every level must be a segment size of 1 or more blocks, "
+                f"got levels={levels!r}"
+            )
+    return levels
+
+
+# --------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _merge_advances(actions: Iterator[Action]) -> Iterator[Action]:
+    """Join each `Advance` with the one that continues from its stop.
+
+    ``Advance(a, b, save=S)`` followed by ``Advance(b, c, save=T)`` runs the same blocks from the
+    same states as ``Advance(a, c, save=S + T)``: the second starts from the working state at
+    ``b`` (which is also stored if ``b`` is in ``S``).
+    """
+    start = stop = -1
+    saves: list[int] = []
+    for action in actions:
+        if type(action) is Advance:
+            if action.start == stop:
+                stop = action.stop
+                saves.extend(action.save)
+                continue
+            if stop >= 0:
+                yield Advance(start, stop, tuple(saves))
+            start, stop, saves = action.start, action.stop, list(action.save)
+            continue
+        if stop >= 0:
+            yield Advance(start, stop, tuple(saves))
+            start = stop = -1
+        yield action
+    if stop >= 0:
+        yield Advance(start, stop, tuple(saves))
+
+
+def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
+    """Reverse blocks ``a .. a+length-1`` storing every boundary: the ``blocks`` pattern.
+
+    The state at ``a`` is at hand (stored if ``stored``; it must be stored when ``length > 1``).
+    """
+    if length > 1:
+        yield Advance(a, a + length - 1, tuple(range(a + 1, a + length - 1)))
+        yield ForwardBackward(a + length - 1)
+        for b in range(a + length - 2, a, -1):
+            yield ForwardBackward(b)
+            yield Free(b)
+    yield ForwardBackward(a)
+    if stored:
+        yield Free(a)
+
+
+# --------------------------------------------------------------------------------------------
+# store_all and blocks
 
 
 def store_all(n: int = 1) -> Iterator[Action]:
@@ -23,43 +163,438 @@ def store_all(n: int = 1) -> Iterator[Action]:
     [ForwardBackward(0), Free(0)]
     """
     if n != 1:
-        raise ValueError(f"vlrnn_planner: store_all is one block, got n={n}")
-    yield ForwardBackward(0)
-    yield Free(0)
+        raise InvalidInputError(
+            f"vlrnn_planner: store_all is one block, got n={n}; use blocks(n) for {n} blocks"
+        )
+    return iter((ForwardBackward(0), Free(0)))
 
 
 def blocks(n: int) -> Iterator[Action]:
     """One level of blocks: store every boundary state in one no-grad sweep, then reverse.
 
-    Holds ``n - 1`` stored states (the initial state included) and makes ``2n - 1`` forward
-    evaluations.
+    Holds ``max(1, n - 1)`` stored states (the initial state included) and makes ``2n - 1``
+    forward evaluations.
 
     Examples
     --------
     >>> list(blocks(3))
     [Advance(0, 2, save=(1,)), ForwardBackward(2), ForwardBackward(1), Free(1), ForwardBackward(0), Free(0)]
     """
-    if n < 1:
-        raise ValueError(f"vlrnn_planner: a schedule needs at least one block, got n={n}")
-    if n > 1:
-        yield Advance(0, n - 1, save=tuple(range(1, n - 1)))
-        yield ForwardBackward(n - 1)
-    for b in range(n - 2, -1, -1):
-        yield ForwardBackward(b)
-        yield Free(b)
-    if n == 1:
-        yield ForwardBackward(0)
-        yield Free(0)
+    return _reverse_run(0, _check_blocks(n), True)
 
 
-STRATEGIES = ("store_all", "blocks")
+# --------------------------------------------------------------------------------------------
+# multilevel
 
 
-def generate(schedule) -> Iterator[Action]:
-    """The actions of ``schedule`` (a `vlrnn_planner.Schedule`), generated lazily."""
+def multilevel(n: int, levels: Sequence[int] = ()) -> Iterator[Action]:
+    """Nested levels of stored states, coarsest first.
+
+    ``levels = (S1, S2, ..., Sk)`` are segment sizes in blocks, outermost first. A segment of
+    blocks ``[a, b)`` with remaining levels ``(S, *rest)`` is handled so:
+
+    1. it is cut, from ``a``, into pieces of ``S`` blocks (the last piece may be shorter);
+    2. one no-grad sweep from ``a`` stores the state at the start of every piece (a last piece of
+       a single block is left as the working state instead);
+    3. the pieces are reversed last to first, each as a segment with levels ``rest``; the state at
+       a piece's start is freed once its first block has been backpropagated.
+
+    A segment with no level left is reversed like `blocks`: re-advanced from its start storing
+    every boundary inside it, then its blocks backpropagated last to first. Consecutive advances
+    are merged (the sweep runs on into the last piece). ``levels=()`` is `blocks`; sizes need not
+    divide each other or ``n``; a size of at least the segment's length makes that level a no-op.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks, at least 1.
+    levels : sequence of int
+        Segment sizes in blocks, outermost first, each at least 1.
+
+    Returns
+    -------
+    iterator of Action
+        Generated lazily; nothing is computed until it is walked.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``n`` or a level is below 1.
+
+    See Also
+    --------
+    forward_evaluations, max_stored_states : the closed forms of its cost.
+
+    Examples
+    --------
+    Seven blocks in segments of three: boundaries 0, 3 and 6 are stored by the first sweep; the
+    last segment (block 6) runs from the working state; segment [3, 6) is re-advanced storing 4.
+
+    >>> for action in multilevel(7, (3,)):
+    ...     print(action)
+    Advance(0, 6, save=(3,))
+    ForwardBackward(6)
+    Advance(3, 5, save=(4,))
+    ForwardBackward(5)
+    ForwardBackward(4)
+    Free(4)
+    ForwardBackward(3)
+    Free(3)
+    Advance(0, 2, save=(1,))
+    ForwardBackward(2)
+    ForwardBackward(1)
+    Free(1)
+    ForwardBackward(0)
+    Free(0)
+    >>> forward_evaluations("multilevel", 7, levels=(3,)), max_stored_states("multilevel", 7, levels=(3,))
+    (17, 3)
+    """
+    n = _check_blocks(n)
+    levels = _check_levels(levels)
+    return _merge_advances(_multilevel(n, levels))
+
+
+def _multilevel(n: int, levels: tuple[int, ...]) -> Iterator[Action]:
+    # Stack entries (LIFO):
+    #   ("segment", a, length, depth, stored): reverse blocks a..a+length-1 with levels[depth:];
+    #       the state at a is at hand, stored if ``stored`` (always when length > 1).
+    #   ("pieces", a, size, j, depth): reverse the full pieces j, j-1, ..., 0 of a segment
+    #       starting at a, each of ``size`` blocks and stored at its start, with levels[depth:].
+    stack: list[tuple] = [("segment", 0, n, 0, True)]
+    while stack:
+        entry = stack.pop()
+        if entry[0] == "pieces":
+            _, a, size, j, depth = entry
+            if j > 0:
+                stack.append(("pieces", a, size, j - 1, depth))
+            stack.append(("segment", a + j * size, size, depth, True))
+            continue
+        _, a, length, depth, stored = entry
+        # Skip levels that do not cut this segment.
+        while depth < len(levels) and levels[depth] >= length:
+            depth += 1
+        if depth == len(levels):
+            yield from _reverse_run(a, length, stored)
+            continue
+        size = levels[depth]
+        count = -(-length // size)
+        last_start = a + (count - 1) * size
+        last = a + length - last_start
+        save = list(range(a + size, last_start, size))
+        if last > 1:
+            save.append(last_start)
+        yield Advance(a, last_start, tuple(save))
+        stack.append(("pieces", a, size, count - 2, depth + 1))
+        stack.append(("segment", last_start, last, depth + 1, last > 1))
+
+
+@lru_cache(maxsize=4096)
+def _multilevel_advance_evaluations(length: int, levels: tuple[int, ...]) -> int:
+    """No-grad block evaluations to reverse ``length`` blocks with ``levels`` (see `multilevel`)."""
+    while levels and levels[0] >= length:
+        levels = levels[1:]
+    if not levels:
+        return length - 1
+    size, rest = levels[0], levels[1:]
+    count = -(-length // size)
+    last = length - (count - 1) * size
+    return (
+        (count - 1) * size
+        + (count - 1) * _multilevel_advance_evaluations(size, rest)
+        + _multilevel_advance_evaluations(last, rest)
+    )
+
+
+@lru_cache(maxsize=4096)
+def _multilevel_peak_stored(length: int, levels: tuple[int, ...]) -> int:
+    """Most states stored at once while reversing ``length`` blocks, the segment's start included."""
+    while levels and levels[0] >= length:
+        levels = levels[1:]
+    if not levels:
+        return max(1, length - 1)
+    size, rest = levels[0], levels[1:]
+    count = -(-length // size)
+    last = length - (count - 1) * size
+    # During the last piece: the starts of the count-1 full pieces, plus the last piece's own
+    # peak (nothing if it is one block run from the working state).
+    during_last = (count - 1) + (_multilevel_peak_stored(last, rest) if last > 1 else 0)
+    # During full piece count-2: the starts of the pieces before it, plus its own peak.
+    during_full = (count - 2) + _multilevel_peak_stored(size, rest)
+    return max(during_last, during_full)
+
+
+# --------------------------------------------------------------------------------------------
+# binomial
+
+
+def _beta(s: int, r: int) -> int:
+    """``beta(s, r) = C(s + r, s)``, the most blocks reversible with s slots and r repetitions."""
+    if r < 0 or s < 0:
+        return 0
+    return math.comb(s + r, s)
+
+
+def _repetitions(length: int, slots: int) -> int:
+    """The least ``r >= 0`` with ``beta(slots, r) >= length`` (see NOTE [ Binomial checkpointing ]).
+
+    ``O(log r)`` binomial coefficients: doubling, then bisection.
+    """
+    if length <= 1:
+        return 0
+    if slots == 1:
+        return length - 1  # beta(1, r) = r + 1
+    if slots + 1 >= length:
+        return 1
+    low, high = 1, 2  # beta(slots, low) < length
+    while _beta(slots, high) < length:
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _beta(slots, mid) < length:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _binomial_advance_evaluations(length: int, slots: int) -> int:
+    """``t(length, slots)``: the fewest no-grad block evaluations (NOTE [ Binomial checkpointing ])."""
+    r = _repetitions(length, slots)
+    return r * length - _beta(slots + 1, r - 1)
+
+
+def _binomial_split(length: int, slots: int) -> int:
+    """The largest optimal number of blocks to advance before storing (length >= 2, slots >= 1)."""
+    r = _repetitions(length, slots)
+    return min(_beta(slots, r - 1), length - _beta(slots - 1, r - 1))
+
+
+def binomial(n: int, checkpoints: int) -> Iterator[Action]:
+    """Reverse ``n`` blocks holding at most ``checkpoints`` stored states, with the fewest evaluations.
+
+    Binomial checkpointing (Griewank and Walther, "Algorithm 799: Revolve", ACM TOMS 2000): from
+    a stored state, advance ``m`` blocks and store that state, reverse the tail with one slot less,
+    free it, then reverse the head with every slot again; ``m`` comes in closed form (see
+    NOTE [ Binomial checkpointing ] in this module), so each action costs ``O(log n)`` to produce
+    and nothing is computed until the schedule is walked. Consecutive advances are merged. The
+    initial state counts as a stored state, the working state does not. With
+    ``checkpoints >= n - 1`` this is `blocks`.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks, at least 1.
+    checkpoints : int
+        Most stored states at any time, the initial state included; at least 1.
+
+    Returns
+    -------
+    iterator of Action
+        Generated lazily.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``n`` or ``checkpoints`` is below 1.
+
+    See Also
+    --------
+    forward_evaluations, max_stored_states : the closed forms of its cost.
+
+    Examples
+    --------
+    Four blocks, two stored states: store boundary 2 on the way, reverse blocks 3 and 2 from it,
+    then blocks 1 and 0 from the initial state. 8 forward evaluations, against 7 with 3 slots.
+
+    >>> for action in binomial(4, 2):
+    ...     print(action)
+    Advance(0, 3, save=(2,))
+    ForwardBackward(3)
+    ForwardBackward(2)
+    Free(2)
+    Advance(0, 1, save=())
+    ForwardBackward(1)
+    ForwardBackward(0)
+    Free(0)
+    >>> forward_evaluations("binomial", 4, checkpoints=2)
+    8
+    >>> forward_evaluations("binomial", 10**6, checkpoints=20)  # closed form: nothing is walked
+    7815960
+    """
+    n = _check_blocks(n)
+    checkpoints = _check_checkpoints(checkpoints)
+    return _merge_advances(_binomial(n, checkpoints))
+
+
+def _binomial(n: int, checkpoints: int) -> Iterator[Action]:
+    # Stack entries (LIFO): (a, length, slots, stored): reverse blocks a..a+length-1 from the
+    # state at a (stored if ``stored``, always when length > 1) with at most ``slots`` stored
+    # states, that one included. Depth stays below 2 * checkpoints + 2: every push of a tail takes
+    # one slot, and a head is only pushed under its tail.
+    stack: list[tuple[int, int, int, bool]] = [(0, n, checkpoints, True)]
+    while stack:
+        a, length, slots, stored = stack.pop()
+        if length == 1:
+            yield ForwardBackward(a)
+            if stored:
+                yield Free(a)
+            continue
+        m = _binomial_split(length, slots)
+        tail_stored = length - m > 1
+        yield Advance(a, a + m, (a + m,) if tail_stored else ())
+        stack.append((a, m, slots, True))
+        stack.append((a + m, length - m, slots - 1, tail_stored))
+
+
+def _optimal_forward_evaluations_dp(n: int, checkpoints: int) -> int:
+    """The fewest forward evaluations for ``n`` blocks and ``checkpoints`` slots, by plain DP.
+
+    ``O(n^2 c)``: a reference for tests on small cases only. Counts the ``n`` ForwardBackward
+    evaluations too, like `forward_evaluations`.
+
+    Examples
+    --------
+    >>> _optimal_forward_evaluations_dp(6, 2)
+    14
+    """
+    inf = float("inf")
+    # t[s][l]: no-grad evaluations to reverse l blocks with s slots (NOTE [ Binomial checkpointing ]).
+    t = [[inf] * (n + 1) for _ in range(checkpoints + 1)]
+    for s in range(checkpoints + 1):
+        t[s][1] = 0
+    for s in range(1, checkpoints + 1):
+        for length in range(2, n + 1):
+            t[s][length] = min(m + t[s - 1][length - m] + t[s][m] for m in range(1, length))
+    return int(t[checkpoints][n]) + n
+
+
+# --------------------------------------------------------------------------------------------
+# closed forms and dispatch
+
+
+def forward_evaluations(
+    strategy: str, n: int, *, checkpoints: int | None = None, levels: Sequence[int] = ()
+) -> int:
+    """Forward block evaluations of a strategy's schedule, in closed form.
+
+    Counts the blocks run by every `Advance` plus one per `ForwardBackward`, exactly as walking
+    the schedule would, without walking it: ``O(1)`` for ``store_all`` and ``blocks``,
+    ``O(log n)`` binomial coefficients for ``binomial``, ``O(2^len(levels))`` for ``multilevel``.
+
+    Parameters
+    ----------
+    strategy : {"store_all", "blocks", "multilevel", "binomial"}
+    n : int
+        Number of blocks.
+    checkpoints : int, optional
+        For ``"binomial"`` (required there): most stored states, the initial state included.
+    levels : sequence of int
+        For ``"multilevel"``: segment sizes in blocks, outermost first.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown strategy or an invalid parameter.
+
+    Examples
+    --------
+    >>> forward_evaluations("blocks", 10)
+    19
+    >>> forward_evaluations("binomial", 10, checkpoints=3), forward_evaluations("binomial", 10, checkpoints=1)
+    (25, 55)
+    >>> forward_evaluations("multilevel", 100, levels=(10,))
+    280
+    """
+    n = _check_blocks(n)
+    if strategy == "store_all":
+        store_all(n)  # checks n == 1
+        return 1
+    if strategy == "blocks":
+        return 2 * n - 1
+    if strategy == "multilevel":
+        return n + _multilevel_advance_evaluations(n, _check_levels(levels))
+    if strategy == "binomial":
+        return n + _binomial_advance_evaluations(n, _check_checkpoints(checkpoints))
+    raise InvalidInputError(
+        f"vlrnn_planner: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+    )
+
+
+def max_stored_states(
+    strategy: str, n: int, *, checkpoints: int | None = None, levels: Sequence[int] = ()
+) -> int:
+    """Most states a strategy's schedule holds stored at once (initial state included), in closed form.
+
+    The working state left by an `Advance` is not counted.
+
+    Parameters
+    ----------
+    strategy : {"store_all", "blocks", "multilevel", "binomial"}
+    n : int
+        Number of blocks.
+    checkpoints : int, optional
+        For ``"binomial"`` (required there).
+    levels : sequence of int
+        For ``"multilevel"``.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown strategy or an invalid parameter.
+
+    Examples
+    --------
+    >>> max_stored_states("blocks", 10), max_stored_states("binomial", 10, checkpoints=3)
+    (9, 3)
+    >>> max_stored_states("multilevel", 100, levels=(10,))
+    18
+    """
+    n = _check_blocks(n)
+    if strategy == "store_all":
+        store_all(n)
+        return 1
+    if strategy == "blocks":
+        return max(1, n - 1)
+    if strategy == "multilevel":
+        return _multilevel_peak_stored(n, _check_levels(levels))
+    if strategy == "binomial":
+        # Optimal splits leave a tail of at least beta(s - 1, 1) = s blocks whenever more than
+        # s + 1 blocks remain, so every slot gets used (NOTE [ Binomial checkpointing ]).
+        return min(_check_checkpoints(checkpoints), max(1, n - 1))
+    raise InvalidInputError(
+        f"vlrnn_planner: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+    )
+
+
+def generate(schedule: Any) -> Iterator[Action]:
+    """The actions of ``schedule`` (a `vlrnn_planner.Schedule`), generated lazily.
+
+    Uses ``schedule.strategy``, ``schedule.num_blocks``, and ``schedule.checkpoints`` (binomial)
+    or ``schedule.levels`` (multilevel).
+
+    Examples
+    --------
+    >>> from vlrnn_planner import Schedule
+    >>> list(generate(Schedule("binomial", seq_len=30, block_length=10, checkpoints=1)))
+    [Advance(0, 2, save=()), ForwardBackward(2), Advance(0, 1, save=()), ForwardBackward(1), ForwardBackward(0), Free(0)]
+    """
     name = schedule.strategy
     if name == "store_all":
         return store_all(1)
     if name == "blocks":
         return blocks(schedule.num_blocks)
-    raise ValueError(f"vlrnn_planner: unknown strategy {name!r}")
+    if name == "multilevel":
+        return multilevel(schedule.num_blocks, schedule.levels)
+    if name == "binomial":
+        return binomial(schedule.num_blocks, schedule.checkpoints)
+    raise InvalidInputError(
+        f"vlrnn_planner: unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}"
+    )
