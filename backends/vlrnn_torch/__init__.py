@@ -1,10 +1,67 @@
-"""vlrnn_torch: the PyTorch backend of vlrnn-planner."""
+"""vlrnn_torch: the PyTorch backend of vlrnn-planner.
+
+It runs schedules over any strictly sequential torch cell: ``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` of
+any depth, ``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``, custom sequence modules
+``forward(x_block, state) -> (outputs, state)``, and custom per-step cells wrapped as
+`StepCell`, over dense or packed batches, with any nesting of state tensors.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 
-class TorchBackend:  # placeholder until the executor lands
+from torch import nn
+
+from vlrnn_planner.backends import Result, SequenceShape
+from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
+
+from .cells import SequenceModule, StepCell, adapt
+from .executor import run_schedule
+from .sequences import make_view
+from .tree import check_state, flatten
+
+__all__ = ["TorchBackend", "StepCell", "SequenceModule"]
+
+
+class TorchBackend:
+    """The torch backend: accepts any `torch.nn.Module`."""
+
     name = "torch"
 
-    def accepts(self, cell) -> bool:
-        return False
+    def accepts(self, cell: Any) -> bool:
+        return isinstance(cell, nn.Module)
+
+    def _prepare(self, cell, inputs, *, targets, loss_fn, state, final_loss_fn, time_dim):
+        adapter = adapt(cell, time_dim=time_dim)
+        view = make_view(adapter, inputs, targets, time_dim)
+        check_state(state, what="the initial state")
+        for name, fn in (("loss_fn", loss_fn), ("final_loss_fn", final_loss_fn)):
+            if fn is not None and not callable(fn):
+                raise InvalidTypeError(f"vlrnn_torch: {name} must be callable, got {type(fn).__name__}")
+        if view.batch_sizes is not None and state is not None:
+            dim = adapter.state_batch_dim
+            for t in flatten(state)[0]:
+                if t is not None and (t.dim() <= dim or t.size(dim) != view.batch_size):
+                    raise InvalidInputError(
+                        f"vlrnn_torch: the initial state has a tensor of shape {tuple(t.shape)} whose "
+                        f"batch axis {dim} does not hold the packed batch's {view.batch_size} sequences; "
+                        "give one state row per sequence, in the caller's batch order"
+                    )
+        return view
+
+    def inspect(self, cell, inputs, **kwargs) -> SequenceShape:
+        """Validate a call before any work; return its sequence's shape."""
+        view = self._prepare(cell, inputs, **kwargs)
+        return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes)
+
+    def execute(self, schedule, cell, inputs, **kwargs) -> Result:
+        """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
+        view = self._prepare(cell, inputs, **kwargs)
+        return run_schedule(
+            schedule,
+            cell,
+            view,
+            state=kwargs["state"],
+            loss_fn=kwargs["loss_fn"],
+            final_loss_fn=kwargs["final_loss_fn"],
+        )

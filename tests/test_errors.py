@@ -1,0 +1,144 @@
+"""Bad input: a specific exception, a message that says what to change, nothing touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import sq_loss
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import vlrnn_planner as vp
+
+T, B, F, H = 10, 2, 3, 4
+
+
+def _snapshot(cell):
+    return [None if p.grad is None else p.grad.clone() for p in cell.parameters()]
+
+
+def _check_untouched(cell, before, *tensors_and_copies):
+    for p, g in zip(cell.parameters(), before):
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+    for t, c in tensors_and_copies:
+        assert torch.equal(t, c) and not t.requires_grad
+
+
+def test_bidirectional_is_rejected():
+    cell = nn.LSTM(F, H, bidirectional=True)
+    x = torch.randn(T, B, F)
+    with pytest.raises(vp.InvalidInputError, match="bidirectional") as info:
+        vp.backward(vp.fixed_plan(5), cell, x, targets=torch.randn(T, B, 2 * H), loss_fn=sq_loss)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, vp.PlannerError)
+    assert "bidirectional=False" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_block_length_below_one(bad):
+    with pytest.raises(vp.InvalidInputError, match="block_length must be at least 1"):
+        vp.fixed_plan(block_length=bad)
+
+
+@pytest.mark.parametrize("bad", [2.5, "50", True])
+def test_block_length_not_an_int(bad):
+    with pytest.raises(vp.InvalidInputError, match="block_length must be an int"):
+        vp.fixed_plan(block_length=bad)
+
+
+def test_targets_of_another_length():
+    cell = nn.GRU(F, H)
+    x, y = torch.randn(T, B, F), torch.randn(T - 1, B, H)
+    x0, y0 = x.clone(), y.clone()
+    before = _snapshot(cell)
+    with pytest.raises(vp.InvalidInputError, match=r"targets have 9 steps .* inputs have 10"):
+        vp.backward(vp.fixed_plan(5), cell, x, targets=y, loss_fn=sq_loss)
+    _check_untouched(cell, before, (x, x0), (y, y0))
+
+
+def test_packed_inputs_with_dense_targets_and_the_reverse():
+    cell = nn.LSTM(F, H)
+    lengths = [4, 2]
+    packed = pack_padded_sequence(torch.randn(4, 2, F), lengths)
+    with pytest.raises(vp.InvalidTypeError, match="pack the targets the same way"):
+        vp.backward(vp.fixed_plan(2), cell, packed, targets=torch.randn(4, 2, H), loss_fn=sq_loss)
+    packed_y = pack_padded_sequence(torch.randn(4, 2, H), lengths)
+    with pytest.raises(vp.InvalidTypeError, match="pack the inputs"):
+        vp.backward(vp.fixed_plan(2), cell, torch.randn(4, 2, F), targets=packed_y, loss_fn=sq_loss)
+    other = pack_padded_sequence(torch.randn(4, 2, H), [4, 3])
+    with pytest.raises(vp.InvalidInputError, match="do not line up"):
+        vp.backward(vp.fixed_plan(2), cell, packed, targets=other, loss_fn=sq_loss)
+    assert all(p.grad is None for p in cell.parameters())
+
+
+@pytest.mark.parametrize(
+    ("cell", "x"),
+    [
+        (nn.LSTM(F, H), torch.randn(F)),
+        (nn.LSTM(F, H), torch.tensor(1.0)),
+        (nn.GRUCell(F, H), torch.randn(F)),
+    ],
+)
+def test_inputs_without_a_time_axis(cell, x):
+    with pytest.raises(vp.InvalidInputError, match="time axis"):
+        vp.backward(vp.fixed_plan(2), cell, x, loss_fn=lambda o, t: o.sum())
+
+
+def test_time_dim_outside_the_inputs():
+    with pytest.raises(vp.InvalidInputError, match="time_dim=5 is outside"):
+        vp.backward(vp.fixed_plan(2), nn.GRU(F, H), torch.randn(T, B, F), loss_fn=lambda o, t: o.sum(), time_dim=5)
+
+
+def test_bad_state_and_loss_types():
+    cell = nn.GRU(F, H)
+    x = torch.randn(T, B, F)
+    with pytest.raises(vp.InvalidTypeError, match="initial state .* found str"):
+        vp.backward(vp.fixed_plan(2), cell, x, loss_fn=lambda o, t: o.sum(), state={"h": "zeros"})
+    with pytest.raises(vp.InvalidTypeError, match="loss_fn must be callable"):
+        vp.backward(vp.fixed_plan(2), cell, x, loss_fn=3)
+    with pytest.raises(vp.InvalidInputError, match="nothing to backpropagate"):
+        vp.backward(vp.fixed_plan(2), cell, x)
+    with pytest.raises(vp.InvalidTypeError, match="plan must be a Plan"):
+        vp.backward(5, cell, x, loss_fn=lambda o, t: o.sum())
+    with pytest.raises(vp.InvalidTypeError, match="inputs must be a tensor"):
+        vp.backward(vp.fixed_plan(2), cell, [1.0, 2.0], loss_fn=lambda o, t: o.sum())
+
+
+def test_non_scalar_loss_leaves_grads_as_they_were():
+    cell = nn.GRU(F, H)
+    x = torch.randn(T, B, F)
+    cell.weight_hh_l0.grad = torch.ones_like(cell.weight_hh_l0)
+    before = _snapshot(cell)
+    with pytest.raises(vp.InvalidInputError, match="must return a scalar tensor"):
+        vp.backward(vp.fixed_plan(3), cell, x, loss_fn=lambda o, t: o.pow(2))
+    _check_untouched(cell, before)
+
+
+def test_packed_state_with_wrong_batch():
+    cell = nn.GRU(F, H)
+    packed = pack_padded_sequence(torch.randn(4, 2, F), [4, 2])
+    with pytest.raises(vp.InvalidInputError, match="does not hold the packed batch's 2 sequences"):
+        vp.backward(vp.fixed_plan(2), cell, packed, loss_fn=lambda o, t: o.sum(), state=torch.zeros(1, 3, H))
+
+
+def test_schedule_for_another_length():
+    sched = vp.fixed_plan(3).schedule(seq_len=12)
+    with pytest.raises(vp.InvalidInputError, match="schedule is for 12 steps but the inputs have 10"):
+        vp.backward(sched, nn.GRU(F, H), torch.randn(T, B, F), loss_fn=lambda o, t: o.sum())
+
+
+def test_cell_returning_no_pair():
+    class NoPair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(F, H)
+
+        def forward(self, x, h):
+            return self.lin(x)
+
+    with pytest.raises(vp.InvalidTypeError, match=r"must return \(outputs, state\)"):
+        vp.backward(vp.fixed_plan(2), NoPair(), torch.randn(T, B, F), loss_fn=lambda o, t: o.sum())
+
+
+def test_not_a_module():
+    with pytest.raises(vp.BackendNotFoundError, match="no backend accepts a cell of type function"):
+        vp.backward(vp.fixed_plan(2), lambda x, h: (x, h), torch.randn(T, B, F), loss_fn=lambda o, t: o.sum())
