@@ -24,10 +24,18 @@ def full_schedule(**overrides) -> vp.Schedule:
         checkpoints=7,
         levels=(10, 3),
         batch_size=64,
-        predicted_peak_bytes=123_456_789,
+        predicted_peak_bytes=2500 + 101 * 200 + 300_000,
         predicted_seconds=1.25,
         baseline_seconds=0.5,
-        memory_parts=(("parameters", 1000), ("states", 20_000), ("activations", 300_000)),
+        memory_parts=(
+            ("parameters", 1000),
+            ("gradients", 1000),
+            ("inputs", 500),
+            ("targets", 0),
+            ("stored states", 99 * 200),
+            ("working state and its gradient", 2 * 200),
+            ("block in flight", 300_000),
+        ),
         device="cuda:0",
         budget_bytes=8 * 10**9,
     )
@@ -44,6 +52,11 @@ def schedules() -> list[vp.Schedule]:
         vp.fixed_plan(block_length=7).schedule(seq_len=50, batch_size=3),
         full_schedule(),
     ]
+    if "multilevel" in strategies.STRATEGIES:
+        cases += [
+            vp.Schedule("multilevel", seq_len=200, block_length=4, levels=(10, 3)),
+            full_schedule(strategy="multilevel", seq_len=97, block_length=2, levels=(7,)),
+        ]
     if "binomial" in strategies.STRATEGIES:
         cases += [
             vp.fixed_plan(block_length=1, checkpoints=3).schedule(seq_len=20),
@@ -133,20 +146,27 @@ def test_plan_round_trip_with_cell_profile():
         from vlrnn_planner.profile import CellProfile as RealProfile
     except ImportError:
         pytest.skip("vlrnn_planner.profile is not there yet")
-    kwargs = {}
-    for f in dataclasses.fields(RealProfile):
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
-            continue
-        hint = str(f.type)
-        kwargs[f.name] = (
-            "cpu" if "str" in hint else 1.5 if "float" in hint else () if "tuple" in hint else 3
-        )
-    try:
-        profile = RealProfile(**kwargs)
-    except Exception as e:  # pragma: no cover - depends on the profile's validation
-        pytest.skip(f"cannot build a CellProfile generically: {e}")
-    plan = vp.Plan(budget_bytes=10**9, profile=profile)
-    assert vp.Plan.from_json(plan.to_json()) == plan
+    wanted = dict(
+        device="cuda:0",
+        device_name="NVIDIA H200",
+        cell="LSTM(64, 1024, num_layers=4)",
+        parameter_bytes=34_000_000,
+        state_bytes_per_sample=32768.0,
+        activation_bytes_per_step=1.5e5,
+        fb_seconds_per_step=2.5e-5,
+        device_total_bytes=150_000_000_000,
+        loss_included=True,
+        notes=("measured with NVML", "context included"),
+    )
+    known = {f.name for f in dataclasses.fields(RealProfile)}
+    profile = RealProfile(**{k: v for k, v in wanted.items() if k in known})
+    plan = vp.Plan(budget_bytes=8 * 10**9, profile=profile)
+    text = plan.to_json()
+    back = vp.Plan.from_json(text)
+    assert back == plan
+    assert type(back.profile) is RealProfile
+    assert isinstance(back.profile.notes, tuple)
+    assert json.loads(text)["plan"]["profile"]["__type__"] == "CellProfile"
 
 
 def test_plan_file_with_schedule_primes_cache():
@@ -242,6 +262,28 @@ def test_graph_reads_edges_blocks():
     assert [g.nodes[i]["stored_states"] for i in range(8)] == [3, 3, 3, 2, 2, 1, 1, 0]
     assert "memory_bytes" not in g.nodes[0]
     assert g.graph["seq_len"] == 40
+
+
+def test_graph_memory_from_predictions():
+    parts = (
+        ("parameters", 1000),
+        ("stored states", 3 * 10),
+        ("working state and its gradient", 2 * 10),
+        ("block in flight", 100),
+    )
+    s = vp.Schedule("blocks", seq_len=40, block_length=10, predicted_peak_bytes=1150, memory_parts=parts)
+    g = s.graph()
+    peaks = [g.nodes[i]["peak_bytes"] for i in g.nodes]
+    after = [g.nodes[i]["memory_bytes"] for i in g.nodes]
+    # Advance(0, 3, save=(1, 2)), FB(3), FB(2), Free(2), FB(1), Free(1), FB(0), Free(0)
+    assert max(peaks) == s.predicted_peak_bytes  # the cost model's peak, reached by FB(3)
+    assert peaks[1] == 1150
+    assert after[-1] == 1000  # only the parameters are left
+    assert all(p >= a for p, a in zip(peaks, after))
+    assert "peak 1.15 KB" in s.to_dot()
+    # without a prediction there is no memory, only the stored states
+    plain = dataclasses.replace(s, predicted_peak_bytes=None)
+    assert "memory_bytes" not in plain.graph().nodes[0]
 
 
 @pytest.mark.parametrize("schedule", schedules(), ids=repr)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import sys
 import types
 import typing
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .actions import Action, Advance, ForwardBackward, Free
+from .budget import format_bytes
 from .errors import InvalidInputError, ScheduleError
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "Document",
     "Step",
     "load_document",
+    "memory_model",
     "plan_from_json",
     "plan_to_json",
     "schedule_from_json",
@@ -506,16 +509,61 @@ def _action_attributes(action: Action) -> dict[str, Any]:
     return {"kind": "Free", "boundary": action.boundary}
 
 
-def _memory_after_actions(schedule) -> Iterator[int] | None:
-    """Predicted bytes after each action, where the schedule has predictions and a simulator can
-    give them; None otherwise."""
+# Names of `Schedule.memory_parts` (see NOTE [ Peak memory model ] in vlrnn_planner.cost) that
+# let the simulator's memory model (NOTE [ Memory model ] in vlrnn_planner.simulate) be fed from
+# a schedule alone: the two states at hand give the bytes of one state, the block in flight the
+# bytes of one block, and every other part is held throughout.
+_PART_WORKING = "working state and its gradient"
+_PART_STORED = "stored states"
+_PART_BLOCK = "block in flight"
+
+
+def memory_model(schedule) -> dict[str, float] | None:
+    """Per-state, per-block and base bytes behind a schedule's prediction, for the simulator.
+
+    Read off ``schedule.memory_parts``; the same state size is taken at every boundary (a packed
+    batch that shrinks is counted at its largest).
+
+    Returns
+    -------
+    dict or None
+        ``{"state_bytes": ..., "block_bytes": ..., "base_bytes": ...}``, the keyword arguments of
+        `vlrnn_planner.simulate.memory_trace`; None when the schedule carries no prediction or
+        its memory parts are not the cost model's.
+
+    Examples
+    --------
+    >>> from vlrnn_planner import Schedule
+    >>> s = Schedule("blocks", seq_len=30, block_length=10, predicted_peak_bytes=1180,
+    ...              memory_parts=(("parameters", 1000), ("stored states", 40),
+    ...                            ("working state and its gradient", 40), ("block in flight", 100)))
+    >>> memory_model(s)
+    {'state_bytes': 20.0, 'block_bytes': 100, 'base_bytes': 1000}
+    """
     if getattr(schedule, "predicted_peak_bytes", None) is None:
         return None
-    try:
-        from .simulate import memory_trace  # type: ignore[attr-defined]
-    except ImportError:
+    parts = dict(getattr(schedule, "memory_parts", ()) or ())
+    if _PART_WORKING not in parts or _PART_BLOCK not in parts:
         return None
-    return iter(memory_trace(schedule))
+    held = {_PART_WORKING, _PART_STORED, _PART_BLOCK}
+    return {
+        "state_bytes": parts[_PART_WORKING] / 2,
+        "block_bytes": parts[_PART_BLOCK],
+        "base_bytes": sum(size for name, size in parts.items() if name not in held),
+    }
+
+
+def _memory_after_actions(schedule) -> Iterator[tuple[float, float]] | None:
+    """``(peak during, bytes after)`` each action, from the reference simulator, where the
+    schedule carries a prediction (see `memory_model`); None otherwise."""
+    model = memory_model(schedule)
+    if model is None:
+        return None
+    try:
+        from .simulate import memory_trace
+    except ImportError:  # pragma: no cover - an installation without the simulator
+        return None
+    return ((p.peak_bytes, p.bytes_after) for p in memory_trace(schedule.actions, schedule.num_blocks, **model))
 
 
 def schedule_graph(schedule):
@@ -524,8 +572,9 @@ def schedule_graph(schedule):
     Nodes are the action indices ``0 .. len(actions) - 1``, with attributes ``index``, ``kind``
     (``"Advance"``, ``"ForwardBackward"`` or ``"Free"``), ``label`` (the action's repr), the
     action's block indices (``start``, ``stop``, ``save``; ``block``; ``boundary``),
-    ``stored_states`` (stored states held after it), and ``memory_bytes`` (predicted memory after
-    it) where the schedule carries predictions and the simulator is available.
+    ``stored_states`` (stored states held after it), and, where the schedule carries a
+    prediction (see `memory_model`), ``memory_bytes`` and ``peak_bytes``: the predicted memory
+    after the action and at its peak while it runs, from the reference simulator.
 
     Edges: ``kind="order"`` from each action to the next; ``kind="reads"`` with ``boundary=b``
     from the action that stored or produced the state at boundary ``b`` to the action that reads
@@ -554,7 +603,9 @@ def schedule_graph(schedule):
         attrs = {"index": i, "label": repr(step.action), **_action_attributes(step.action)}
         attrs["stored_states"] = step.stored_states
         if memory is not None:
-            attrs["memory_bytes"] = int(next(memory))
+            peak, after = next(memory)
+            attrs["peak_bytes"] = math.ceil(peak)
+            attrs["memory_bytes"] = math.ceil(after)
         graph.add_node(i, **attrs)
         if previous is not None:
             graph.add_edge(previous, i, kind="order", order=True)
@@ -613,7 +664,7 @@ def schedule_to_dot(schedule) -> str:
     for node, data in graph.nodes(data=True):
         label = f"{node}: {data['label']}\nstored states: {data['stored_states']}"
         if "memory_bytes" in data:
-            label += f"\nmemory: {data['memory_bytes']} B"
+            label += f"\npeak {format_bytes(data['peak_bytes'])}, after {format_bytes(data['memory_bytes'])}"
         lines.append(f"  a{node} [label={_dot_id(label)}, kind={_dot_id(data['kind'])}, {_DOT_STYLE[data['kind']]}];")
     for u, v, data in graph.edges(data=True):
         if data["kind"] == "reads":
