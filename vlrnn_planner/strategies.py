@@ -114,24 +114,24 @@ def _merge_advances(actions: Iterator[Action]) -> Iterator[Action]:
     same states as ``Advance(a, c, save=S + T)``: the second starts from the working state at
     ``b`` (which is also stored if ``b`` is in ``S``).
     """
-    start = stop = -1
-    saves: list[int] = []
+    pending: Advance | None = None  # the advance being extended
+    saves: list[int] | None = None  # its saves, once a second advance joined it
     for action in actions:
-        if type(action) is Advance:
-            if action.start == stop:
-                stop = action.stop
+        if pending is not None:
+            if type(action) is Advance and action.start == pending.stop:
+                if saves is None:
+                    saves = list(pending.save)
                 saves.extend(action.save)
+                pending = Advance(pending.start, action.stop, ())
                 continue
-            if stop >= 0:
-                yield Advance(start, stop, tuple(saves))
-            start, stop, saves = action.start, action.stop, list(action.save)
-            continue
-        if stop >= 0:
-            yield Advance(start, stop, tuple(saves))
-            start = stop = -1
-        yield action
-    if stop >= 0:
-        yield Advance(start, stop, tuple(saves))
+            yield pending if saves is None else Advance(pending.start, pending.stop, tuple(saves))
+            pending = saves = None
+        if type(action) is Advance:
+            pending = action
+        else:
+            yield action
+    if pending is not None:
+        yield pending if saves is None else Advance(pending.start, pending.stop, tuple(saves))
 
 
 def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
@@ -434,10 +434,10 @@ def _binomial(n: int, checkpoints: int) -> Iterator[Action]:
     stack: list[tuple[int, int, int, bool]] = [(0, n, checkpoints, True)]
     while stack:
         a, length, slots, stored = stack.pop()
-        if length == 1:
-            yield ForwardBackward(a)
-            if stored:
-                yield Free(a)
+        if length <= slots + 1:
+            # r = 1: every split is one block, which is the blocks pattern; emit it directly so
+            # that a long run of stored boundaries costs one range, not one split each.
+            yield from _reverse_run(a, length, stored)
             continue
         m = _binomial_split(length, slots)
         tail_stored = length - m > 1
