@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .actions import Action, Advance, ForwardBackward, Free
+from .budget import format_bytes, parse_budget
 from .backends import Backend, Result, SequenceShape, available_backends, find_backend
 from .errors import (
     BackendNotFoundError,
@@ -20,6 +21,8 @@ from .errors import (
     ScheduleError,
 )
 from .plan import Plan, Schedule, fixed_plan
+from .planner import auto_plan
+from .profile import CellProfile
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,10 @@ __all__ = [
     "Schedule",
     "fixed_plan",
     "backward",
+    "auto_plan",
+    "CellProfile",
+    "parse_budget",
+    "format_bytes",
 ]
 
 

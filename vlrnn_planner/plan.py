@@ -161,16 +161,9 @@ class Schedule:
         return schedule_to_dot(self)
 
     def __str__(self) -> str:
-        lines = [
-            f"Schedule: {self.strategy}, T={self.seq_len}, K={self.block_length}, "
-            f"{self.num_blocks} block{'s' if self.num_blocks != 1 else ''}"
-            + (f", batch {self.batch_size}" if self.batch_size is not None else "")
-        ]
-        if self.checkpoints is not None:
-            lines.append(f"  stored states at most: {self.checkpoints}")
-        if self.levels:
-            lines.append(f"  levels (blocks per segment): {', '.join(map(str, self.levels))}")
-        return "\n".join(lines)
+        from .cost import describe_schedule
+
+        return describe_schedule(self)
 
 
 @dataclass(frozen=True)
@@ -185,6 +178,7 @@ class Plan:
     strategy: str | None = None
     budget_bytes: int | None = None
     profile: Any = None
+    budget_spec: str | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def schedule(
@@ -267,7 +261,9 @@ class Plan:
             if self.checkpoints is not None:
                 text += f", at most {self.checkpoints} stored states"
             return text
-        return f"Plan: budget {self.budget_bytes} bytes"
+        from .cost import describe_plan
+
+        return describe_plan(self)
 
 
 def fixed_plan(block_length: int, *, checkpoints: int | None = None) -> Plan:

@@ -1,0 +1,166 @@
+"""`CellProfile`: what a backend measured about a cell, as plain numbers.
+
+A profile is a frozen record of primitives (str, int, float, bool, None and tuples of them), with
+no framework object in it, so that the planner can run from a saved profile without torch and an
+exporter can serialise it field by field. Backends fill it in (see
+``vlrnn_torch.profiler.profile_cell``); the cost model (`vlrnn_planner.cost`) reads it.
+
+The model behind the numbers, for a block of ``K`` steps over ``B`` sequences:
+
+- bytes held while a block runs with grad and is backpropagated (the loss head included when a
+  loss was profiled): ``activation_bytes_per_step * K * B + activation_bytes_fixed``;
+- bytes a block takes while it runs without grad:
+  ``transient_bytes_per_step * K * B + transient_bytes_fixed``;
+- seconds of a block without grad:
+  ``K * (advance_seconds_per_step + advance_seconds_per_step_per_sample * B) + block_overhead_seconds``;
+- seconds of a block run with grad and backpropagated: likewise with the ``fb_`` fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInputError
+
+__all__ = ["CellProfile"]
+
+
+@dataclass(frozen=True)
+class CellProfile:
+    """Measured memory and time of a cell on one device.
+
+    Attributes
+    ----------
+    device : str
+        Where it was measured: ``"cpu"``, ``"cuda:0"``.
+    device_name : str
+        The device's name (``"NVIDIA H200"``) or the CPU's.
+    dtype : str
+        The parameters' dtype, such as ``"float32"``.
+    cell : str
+        A short description of the cell (``"LSTM(64, 256, num_layers=2)"``).
+    time_dim : int
+        The time axis of the inputs the cell was profiled with.
+    parameter_bytes, gradient_bytes : int
+        Bytes of the trainable parameters and of their gradients.
+    state_bytes_per_sample : float
+        Bytes of one boundary state, per sequence in the batch.
+    input_bytes_per_step, target_bytes_per_step : float
+        Bytes of the inputs and targets, per step and per sequence.
+    activation_bytes_per_step, activation_bytes_fixed : float
+        Peak bytes held by a block run with grad and backpropagated: per step and sequence, and a
+        fixed part per block.
+    transient_bytes_per_step, transient_bytes_fixed : float
+        Peak bytes taken by a block run without grad: per step and sequence, and a fixed part.
+    advance_seconds_per_step, advance_seconds_per_step_per_sample : float
+        Seconds per step of a block run without grad: a part that does not depend on the batch,
+        and a part per sequence.
+    fb_seconds_per_step, fb_seconds_per_step_per_sample : float
+        The same for a block run with grad and backpropagated.
+    block_overhead_seconds : float
+        Fixed seconds per block evaluation (launches, Python, bookkeeping), whatever its length.
+    device_total_bytes, device_free_bytes : int or None
+        The device's memory when profiled (None on CPU).
+    process_bytes : int or None
+        This process's whole footprint on the device, context included (None on CPU).
+    allocator_reserved_bytes : int or None
+        Bytes the framework's allocator held for this process when profiled (None on CPU).
+    loss_included : bool
+        Whether the activations include a loss head (a ``loss_fn`` was profiled).
+    measured_by : str
+        How memory was measured, e.g. ``"cuda+nvml"``.
+    profile_seconds : float
+        How long the profiling took.
+    notes : tuple of str
+        Anything a reader of the profile should know.
+
+    Examples
+    --------
+    >>> p = CellProfile(device="cpu", state_bytes_per_sample=4096.0)
+    >>> CellProfile.from_dict(p.to_dict()) == p
+    True
+    >>> p.available_bytes is None
+    True
+    """
+
+    device: str = "cpu"
+    device_name: str = ""
+    dtype: str = "float32"
+    cell: str = ""
+    time_dim: int = 0
+    parameter_bytes: int = 0
+    gradient_bytes: int = 0
+    state_bytes_per_sample: float = 0.0
+    input_bytes_per_step: float = 0.0
+    target_bytes_per_step: float = 0.0
+    activation_bytes_per_step: float = 0.0
+    activation_bytes_fixed: float = 0.0
+    transient_bytes_per_step: float = 0.0
+    transient_bytes_fixed: float = 0.0
+    advance_seconds_per_step: float = 0.0
+    advance_seconds_per_step_per_sample: float = 0.0
+    fb_seconds_per_step: float = 0.0
+    fb_seconds_per_step_per_sample: float = 0.0
+    block_overhead_seconds: float = 0.0
+    device_total_bytes: int | None = None
+    device_free_bytes: int | None = None
+    process_bytes: int | None = None
+    allocator_reserved_bytes: int | None = None
+    loss_included: bool = False
+    measured_by: str = ""
+    profile_seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.notes, tuple):
+            object.__setattr__(self, "notes", tuple(self.notes))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value) or value < 0:
+                    raise InvalidInputError(
+                        f"vlrnn_planner: CellProfile.{f.name} must be a finite number >= 0, "
+                        f"got {value!r}; re-profile the cell"
+                    )
+
+    @property
+    def available_bytes(self) -> int | None:
+        """What this process could use on the device when profiled: free memory plus what its
+        allocator already held (parameters and cached blocks, reusable by the training step).
+        None where the device reports no memory (CPU). A budget share resolves against this."""
+        if self.device_free_bytes is None:
+            return None
+        return self.device_free_bytes + (self.allocator_reserved_bytes or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict of primitives (tuples stay tuples)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellProfile:
+        """The profile written by `to_dict` (lists are accepted for tuples).
+
+        Raises
+        ------
+        InvalidInputError
+            For a field this version does not know.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InvalidInputError(
+                f"vlrnn_planner: CellProfile has no fields {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(names))}); was it written by a newer vlrnn-planner?"
+            )
+        kwargs = dict(data)
+        if "notes" in kwargs and kwargs["notes"] is not None:
+            kwargs["notes"] = tuple(kwargs["notes"])
+        return cls(**kwargs)
+
+    def __str__(self) -> str:
+        from .cost import describe_profile
+
+        return describe_profile(self)
