@@ -25,7 +25,9 @@ NOTE [ Memory model ]
     backpropagate. During ``ForwardBackward(b)`` add ``block_bytes(b)``, the activations of block
     ``b`` with grad, and count the delta arriving at its output, ``state_bytes(b + 1)`` (the
     final-state gradient for the last block); afterwards the delta held is
-    ``state_bytes(b)`` (none after block 0: that gradient is handed to the caller). Within an
+    ``state_bytes(b)`` (none after block 0: that gradient is handed to the caller). That
+    gradient appears at the end of the traversal, while the block's input state is still held,
+    so the action's peak is the larger of the two moments. Within an
     ``Advance`` the working state moves block by block and the saved states accumulate; the
     model follows it block by block, so states of different sizes (packed batches that shrink)
     are counted where they occur. A no-grad block's own transient memory is not modelled.
@@ -214,11 +216,12 @@ def _walk(
                 )
             peak = after = 0
             if track:
-                base = base_bytes + stored_bytes
-                if block not in stored:
-                    base += size(block)
-                peak = base + activations(block) + size(block + 1)
+                # The block's input state is held throughout; the gradient arriving at its
+                # output (with the activations) gives way, at the end of the traversal, to the
+                # gradient at its input: the action's peak is the larger of the two moments.
+                held = base_bytes + stored_bytes + (0 if block in stored else size(block))
                 delta = size(block) if block > 0 else 0
+                peak = held + max(activations(block) + size(block + 1), delta)
                 after = base_bytes + stored_bytes + delta
             next_block -= 1
             working = None
