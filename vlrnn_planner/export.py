@@ -44,7 +44,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .actions import Action, Advance, ForwardBackward, Free
 from .budget import format_bytes
@@ -420,8 +420,7 @@ def plan_from_json(text: str | bytes):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One action of a schedule as `walk` sees it.
 
     Attributes
@@ -466,9 +465,11 @@ def walk(schedule) -> Iterator[Step]:
     [(Advance(0, 1, save=()), 1), (ForwardBackward(1), 1), (ForwardBackward(0), 1), (Free(0), 0)]
     """
     stored: dict[int, int | None] = {0: None}  # boundary -> index of the action that stored it
-    working: tuple[int, int] | None = None  # (boundary, producing action)
+    working_at: int | None = None  # boundary of the working state
+    working_by: int | None = None  # the action that produced it
     for i, action in enumerate(schedule.actions):
-        if isinstance(action, Free):
+        kind = type(action)
+        if kind is Free:
             if action.boundary not in stored:
                 raise ScheduleError(
                     f"vlrnn_planner: action {i} {action!r} frees boundary {action.boundary}, "
@@ -477,14 +478,14 @@ def walk(schedule) -> Iterator[Step]:
             del stored[action.boundary]
             yield Step(i, action, None, None, len(stored), 0)
             continue
-        if isinstance(action, Advance):
+        if kind is Advance:
             boundary, evaluations = action.start, action.stop - action.start
-        elif isinstance(action, ForwardBackward):
+        elif kind is ForwardBackward:
             boundary, evaluations = action.block, 1
         else:
-            raise TypeError(f"vlrnn_planner: unknown action {action!r} of type {type(action).__name__}")
-        if working is not None and working[0] == boundary:
-            producer = working[1]
+            raise TypeError(f"vlrnn_planner: unknown action {action!r} of type {kind.__name__}")
+        if working_at == boundary:
+            producer = working_by
         elif boundary in stored:
             producer = stored[boundary]
         else:
@@ -492,12 +493,12 @@ def walk(schedule) -> Iterator[Step]:
                 f"vlrnn_planner: action {i} {action!r} reads the state at boundary {boundary}, "
                 "which is neither stored nor the working state"
             )
-        if isinstance(action, Advance):
-            for s in action.save:
-                stored[s] = i
-            working = (action.stop, i)
+        if kind is Advance:
+            for b in action.save:
+                stored[b] = i
+            working_at, working_by = action.stop, i
         else:
-            working = None
+            working_at = working_by = None
         yield Step(i, action, boundary, producer, len(stored), evaluations)
 
 

@@ -1,0 +1,349 @@
+"""The `vlrnn-plan` command line, run in-process through `main([...])`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+import vlrnn_planner as vp
+from vlrnn_planner import cli, export
+from vlrnn_planner.errors import InfeasibleBudgetError, PlannerError
+
+PARTS = (
+    ("parameters", 1_000_000),
+    ("gradients", 1_000_000),
+    ("inputs", 0),
+    ("targets", 0),
+    ("stored states", 9 * 100_000),
+    ("working state and its gradient", 2 * 100_000),
+    ("block in flight", 3_000_000),
+)
+
+
+def predicted_schedule(**overrides) -> vp.Schedule:
+    fields = dict(
+        strategy="blocks",
+        seq_len=1000,
+        block_length=100,
+        batch_size=4,
+        predicted_peak_bytes=sum(size for _, size in PARTS),
+        predicted_seconds=2.0,
+        baseline_seconds=1.0,
+        memory_parts=PARTS,
+        budget_bytes=8_000_000,
+    )
+    fields.update(overrides)
+    return vp.Schedule(**fields)
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A schedule file, a plan file with a schedule, a plan file without one, and a bad file."""
+    schedule = predicted_schedule()
+    plan = vp.fixed_plan(block_length=10)
+    paths = {
+        "schedule": tmp_path / "schedule.json",
+        "plan_with_schedule": tmp_path / "plan.json",
+        "plan": tmp_path / "bare_plan.json",
+        "bad": tmp_path / "bad.json",
+        "garbage": tmp_path / "garbage.json",
+    }
+    paths["schedule"].write_text(schedule.to_json())
+    paths["plan_with_schedule"].write_text(plan.to_json(schedule=plan.schedule(95, 2), indent=2))
+    paths["plan"].write_text(plan.to_json())
+    paths["bad"].write_text(json.dumps({"format": "someone-else/plan", "version": 1}))
+    paths["garbage"].write_text("{not json")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vlrnn-plan: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# -- show ------------------------------------------------------------------------------------
+
+
+def test_show_schedule(capsys, files):
+    code, out, err = run(capsys, "show", files["schedule"], "--actions", "3")
+    assert code == 0, err
+    assert out.startswith("Schedule: blocks, T=1000, K=100, 10 blocks, batch 4")
+    assert "forward evaluations: 19 block evaluations, 1.900 per time step" in out
+    assert "most stored states: 9 (initial state included)" in out
+    assert "simulated peak memory, action by action: 6.1 MB (cost model: 6.1 MB)" in out
+    assert "First 3 of 20 actions" in out
+    assert "  0  Advance(0, 9, save=(1, 2, 3, 4, 5, 6, 7, 8))  [9]" in out
+    assert "  2  ForwardBackward(8)  [9]" in out
+    assert "ForwardBackward(7)" not in out
+
+
+def test_show_default_lists_twenty_actions(capsys, tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(vp.fixed_plan(block_length=1).schedule(seq_len=50).to_json())
+    code, out, _ = run(capsys, "show", str(path))
+    assert code == 0
+    assert "First 20 of 100 actions" in out
+    assert "\n  19  " in out and "\n  20  " not in out
+
+
+def test_show_plan_with_schedule(capsys, files):
+    code, out, err = run(capsys, "show", files["plan_with_schedule"], "--actions", "0")
+    assert code == 0, err
+    assert out.startswith("Plan: fixed blocks of 10 steps\nSchedule: blocks, T=95, K=10, 10 blocks, batch 2")
+    assert "First" not in out
+
+
+def test_show_plan_resolved_for_seq_len(capsys, files):
+    code, out, err = run(capsys, "show", files["plan"])
+    assert code == 1
+    assert_one_line_error(err, "without a schedule", "--seq-len")
+    code, out, err = run(capsys, "show", files["plan"], "--seq-len", "30", "--batch-size", "5")
+    assert code == 0, err
+    assert "Schedule: blocks, T=30, K=10, 3 blocks, batch 5" in out
+
+
+def test_statistics_match_simulator():
+    from vlrnn_planner.simulate import simulate_schedule
+
+    for schedule in (
+        vp.fixed_plan(block_length=7).schedule(seq_len=100),
+        vp.fixed_plan(block_length=3, checkpoints=3).schedule(seq_len=100),
+        vp.Schedule("multilevel", seq_len=500, block_length=2, levels=(20, 5)),
+        vp.fixed_plan(block_length=10).schedule(seq_len=5),
+    ):
+        stats = cli.schedule_statistics(schedule)
+        sim = simulate_schedule(schedule)
+        assert stats.actions == sim.num_actions
+        assert stats.forward_evaluations == sim.forward_evaluations
+        assert stats.most_stored_states == sim.max_stored_states
+        assert stats.backward_blocks == schedule.num_blocks
+    # a short last block counts its own steps
+    stats = cli.schedule_statistics(vp.fixed_plan(block_length=10).schedule(seq_len=35))
+    assert (stats.forward_evaluations, stats.evaluated_steps) == (7, 30 + 35)
+
+
+# -- dot -------------------------------------------------------------------------------------
+
+
+def test_dot_to_stdout_and_file(capsys, files, tmp_path):
+    schedule = vp.Plan.from_json(open(files["plan_with_schedule"]).read()).schedule(95, 2)
+    code, out, err = run(capsys, "dot", files["plan_with_schedule"])
+    assert code == 0, err
+    assert out == schedule.to_dot() + "\n"
+    for i in range(len(schedule.actions)):
+        assert f"  a{i} [label=" in out
+    target = tmp_path / "out.dot"
+    code, out, err = run(capsys, "dot", files["schedule"], "-o", str(target))
+    assert code == 0, err
+    assert out.strip() == f"wrote {target}"
+    assert target.read_text().startswith("digraph schedule {")
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["schedule", "plan_with_schedule"])
+def test_plot(capsys, files, tmp_path, which):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "memory.png"
+    code, out, err = run(capsys, "plot", files[which], "-o", str(target))
+    assert code == 0, err
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_long_schedule_is_binned(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    schedule = predicted_schedule(strategy="binomial", seq_len=20_000, block_length=1, checkpoints=12)
+    path = tmp_path / "long.json"
+    path.write_text(schedule.to_json())
+    target = tmp_path / "long.svg"
+    code, _, err = run(capsys, "plot", str(path), "-o", str(target), "--points", "100")
+    assert code == 0, err
+    assert target.read_text().lstrip().startswith("<?xml")
+    series, in_bytes = cli._trace(schedule, 100)
+    assert in_bytes
+    assert all(len(s.envelope.highs) <= 200 for s in series)
+    assert max(series[0].envelope.highs) == max(
+        p for p, _ in export._memory_after_actions(schedule)
+    )
+
+
+def test_envelope_bins_exactly():
+    values = [float((7 * i) % 13) for i in range(1001)]
+    for points in (1, 3, 50, 2000):
+        envelope = cli._Envelope(points)
+        for v in values:
+            envelope.add(v)
+        w = envelope.width
+        bins = [values[i : i + w] for i in range(0, len(values), w)]
+        assert envelope.highs == [max(b) for b in bins]
+        assert envelope.lows == [min(b) for b in bins]
+        assert len(bins) <= 2 * points
+
+
+def test_plot_without_matplotlib(capsys, files, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    target = tmp_path / "memory.png"
+    code, out, err = run(capsys, "plot", files["schedule"], "-o", str(target))
+    assert code == 1
+    assert_one_line_error(err, "matplotlib", "pip install 'vlrnn-planner[plot]'")
+    assert not target.exists()
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        ([], ["required: COMMAND"]),
+        (["frobnicate"], ["invalid choice"]),
+        (["show"], ["FILE"]),
+        (["show", "x.json", "--actions", "-2"], ["--actions"]),
+        (["show", "x.json", "--actions", "many"], ["--actions"]),
+        (["plot", "x.json"], ["-o/--output"]),
+        (["rnn", "--input-size", "4"], ["--hidden-size"]),
+        (["rnn", "--mode", "TRANSFORMER", "--input-size", "1", "--hidden-size", "1",
+          "--batch-size", "1", "--seq-len", "1", "--budget", "1GB"], ["unknown mode"]),
+        (["rnn", "--input-size", "0", "--hidden-size", "1", "--batch-size", "1",
+          "--seq-len", "1", "--budget", "1GB"], ["--input-size", "positive"]),
+    ],
+)
+def test_usage_errors_exit_2(capsys, argv, fragments):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert_one_line_error(err, *fragments)
+
+
+@pytest.mark.parametrize(
+    "which, fragments",
+    [
+        ("missing", ["cannot read", "No such file"]),
+        ("bad", ["bad.json", 'expected a document with "format": "vlrnn-planner/plan"', "someone-else/plan"]),
+        ("garbage", ["garbage.json", "invalid JSON"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["show", "dot", "plot"])
+def test_file_errors_exit_1(capsys, files, tmp_path, which, fragments, command):
+    path = str(tmp_path / "missing.json") if which == "missing" else files[which]
+    argv = [command, path] + (["-o", str(tmp_path / "m.png")] if command == "plot" else [])
+    if command == "plot":
+        pytest.importorskip("matplotlib")
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert_one_line_error(err, *fragments)
+    assert "vlrnn_planner:" not in err
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "rnn" in out and "show" in out and "plot" in out
+
+
+def test_unexpected_error_is_one_line(capsys, files, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke\non two lines")
+
+    monkeypatch.setattr(cli, "schedule_statistics", boom)
+    code, _, err = run(capsys, "show", files["schedule"])
+    assert code == 1
+    assert_one_line_error(err, "RuntimeError: something broke on two lines", "--traceback")
+    with pytest.raises(RuntimeError):
+        cli.main(["--traceback", "show", files["schedule"]])
+
+
+# -- rnn -------------------------------------------------------------------------------------
+
+RNN_ARGS = ["rnn", "--mode", "gru", "--input-size", "3", "--hidden-size", "5", "--num-layers", "2",
+            "--batch-size", "2", "--seq-len", "200", "--budget", "64MB", "--actions", "2"]
+
+
+def test_rnn_with_a_stand_in_planner(capsys, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    seen = {}
+
+    def fake_auto_plan(cell, budget, **kwargs):
+        seen.update(cell=cell, budget=budget, kwargs=kwargs)
+        return vp.fixed_plan(block_length=20)
+
+    monkeypatch.setattr(vp, "auto_plan", fake_auto_plan, raising=False)
+    target = tmp_path / "plan.json"
+    code, out, err = run(capsys, *RNN_ARGS, "-o", str(target))
+    assert code == 0, err
+    assert isinstance(seen["cell"], torch.nn.GRU)
+    assert (seen["cell"].input_size, seen["cell"].hidden_size, seen["cell"].num_layers) == (3, 5, 2)
+    assert seen["budget"] == "64MB" and seen["kwargs"] == {}
+    assert "Schedule: blocks, T=200, K=20, 10 blocks, batch 2" in out
+    assert out.rstrip().endswith(f"wrote {target}")
+    doc = export.load_document(target.read_text())
+    assert doc.plan == vp.fixed_plan(block_length=20)
+    assert doc.schedule == vp.fixed_plan(block_length=20).schedule(200, 2)
+    code, out, err = run(capsys, "show", str(target))
+    assert code == 0, err
+
+
+def test_rnn_infeasible_budget_is_one_line(capsys, monkeypatch):
+    pytest.importorskip("torch")
+
+    def infeasible(cell, budget, **kwargs):
+        raise InfeasibleBudgetError(
+            "vlrnn_planner: budget 1 KB is below the minimum 2.5 MB\n(parameters 1 MB, ...); "
+            "raise the budget",
+            budget_bytes=1000,
+            minimum_bytes=2_500_000,
+        )
+
+    monkeypatch.setattr(vp, "auto_plan", infeasible, raising=False)
+    code, out, err = run(capsys, *RNN_ARGS)
+    assert code == 1
+    assert_one_line_error(err, "budget 1 KB is below the minimum 2.5 MB (parameters 1 MB, ...)")
+    assert "vlrnn_planner:" not in err
+
+    monkeypatch.setattr(vp, "auto_plan", lambda *a, **k: (_ for _ in ()).throw(PlannerError("vlrnn_planner: no")))
+    code, _, err = run(capsys, *RNN_ARGS)
+    assert code == 1
+    assert_one_line_error(err, "error: no")
+
+
+def test_rnn_bad_device_is_one_line(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(vp, "auto_plan", lambda *a, **k: vp.fixed_plan(block_length=5), raising=False)
+    code, _, err = run(capsys, *RNN_ARGS, "--device", "nonsense:7")
+    assert code == 1
+    assert_one_line_error(err, "nonsense:7")
+
+
+def test_rnn_end_to_end(capsys, tmp_path):
+    """The real planner on a small LSTM on the CPU."""
+    pytest.importorskip("torch")
+    if not hasattr(vp, "auto_plan"):
+        pytest.skip("vlrnn_planner.auto_plan is not there yet")
+    target = tmp_path / "plan.json"
+    code, out, err = run(
+        capsys, "rnn", "--mode", "LSTM", "--input-size", "4", "--hidden-size", "8", "--batch-size", "2",
+        "--seq-len", "300", "--budget", "2GB", "--device", "cpu", "-o", str(target),
+    )
+    if code == 1 and "cannot profile" in err:
+        pytest.skip("the torch backend cannot profile cells yet")
+    assert code == 0, err
+    assert "T=300" in out
+    doc = export.load_document(target.read_text())
+    assert doc.plan is not None and doc.schedule is not None
+    assert doc.schedule.seq_len == 300 and doc.schedule.batch_size == 2
+    assert vp.Plan.from_json(target.read_text()) == doc.plan
+    assert doc.plan.schedule(300, 2) == doc.schedule

@@ -1,0 +1,531 @@
+"""`vlrnn-plan`: plan a standard RNN, and show, export or plot a saved plan or schedule.
+
+Subcommands::
+
+    vlrnn-plan rnn --mode LSTM --input-size 64 --hidden-size 1024 --num-layers 4 \\
+                   --batch-size 64 --seq-len 1000000 --budget 8GB [--device cuda:0] [-o plan.json]
+    vlrnn-plan show FILE [--actions N]
+    vlrnn-plan dot FILE [-o schedule.dot]
+    vlrnn-plan plot FILE -o memory.png
+
+``FILE`` is a schedule document (`Schedule.to_json`) or a plan document (`Plan.to_json`); a plan
+document written by ``rnn`` carries the schedule chosen for its shape. A plan without a schedule
+is resolved for ``--seq-len`` (and ``--batch-size``).
+
+Errors print one line, ``vlrnn-plan: error: ...``, on stderr, and exit with 2 for a usage error
+and 1 for any other; ``--traceback`` shows the traceback instead.
+
+Only ``rnn`` imports torch, and only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from .budget import format_bytes
+from .errors import PlannerError
+
+__all__ = ["main", "ScheduleStatistics", "schedule_statistics"]
+
+PROG = "vlrnn-plan"
+PLOT_INSTALL_HINT = "pip install 'vlrnn-planner[plot]'"
+
+
+class UsageError(Exception):
+    """A command line that cannot be parsed (exit status 2)."""
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out (exit status 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are exceptions, reported by `main` in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleStatistics:
+    """What walking a schedule's actions tells.
+
+    Attributes
+    ----------
+    actions : int
+        Number of actions.
+    forward_evaluations : int
+        Block forward evaluations: blocks advanced without grad plus one per `ForwardBackward`.
+    evaluated_steps : int
+        Time steps evaluated by those block evaluations (a short last block counts its steps).
+    backward_blocks : int
+        Blocks backpropagated (`ForwardBackward` actions).
+    most_stored_states : int
+        Most stored states held at once (the initial state included, the working state not).
+    seq_len : int
+        Time steps of the sequence.
+    simulated_peak_bytes : int or None
+        The peak memory that the reference simulator finds action by action, where the schedule
+        carries a prediction (`vlrnn_planner.export.memory_model`); None otherwise.
+    """
+
+    actions: int
+    forward_evaluations: int
+    evaluated_steps: int
+    backward_blocks: int
+    most_stored_states: int
+    seq_len: int
+    simulated_peak_bytes: int | None = None
+
+    @property
+    def evaluations_per_step(self) -> float:
+        """Forward evaluations per time step: 1 for plain BPTT, about 2 for one level of blocks."""
+        return self.evaluated_steps / self.seq_len
+
+
+def schedule_statistics(schedule) -> ScheduleStatistics:
+    """Walk ``schedule``'s actions once and count.
+
+    Examples
+    --------
+    >>> from vlrnn_planner import fixed_plan
+    >>> stats = schedule_statistics(fixed_plan(block_length=10).schedule(seq_len=35))
+    >>> stats.forward_evaluations, stats.evaluated_steps, stats.most_stored_states
+    (7, 65, 3)
+    """
+    from .actions import Advance, ForwardBackward
+    from .export import _memory_after_actions, walk
+
+    k, t = schedule.block_length, schedule.seq_len
+    actions = evaluations = steps = backward = most = 0
+    memory = _memory_after_actions(schedule)
+    peak = None
+    for step in walk(schedule):
+        if memory is not None:
+            during, _after = next(memory)
+            peak = during if peak is None else max(peak, during)
+        actions += 1
+        action = step.action
+        if isinstance(action, Advance):
+            evaluations += action.stop - action.start
+            steps += min(action.stop * k, t) - action.start * k
+        elif isinstance(action, ForwardBackward):
+            evaluations += 1
+            backward += 1
+            steps += min((action.block + 1) * k, t) - action.block * k
+        most = max(most, step.stored_states)
+    if peak is not None:
+        peak = math.ceil(peak)
+    return ScheduleStatistics(actions, evaluations, steps, backward, most, t, peak)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"cannot read {path}: not a text file") from None
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The (plan, schedule) of ``args.file``; resolves a plan for ``--seq-len`` if need be."""
+    from .export import load_document
+
+    text = _read_text(args.file)
+    try:
+        doc = load_document(text)
+    except PlannerError as e:
+        raise CommandError(f"{args.file}: {_strip_prefix(str(e))}") from None
+    plan, schedule = doc.plan, doc.schedule
+    if args.seq_len is not None:
+        if plan is None:
+            if schedule.seq_len != args.seq_len or (
+                args.batch_size is not None and schedule.batch_size != args.batch_size
+            ):
+                raise CommandError(
+                    f"{args.file} holds a schedule for seq_len={schedule.seq_len}, "
+                    f"batch_size={schedule.batch_size}, not a plan that could be resolved for "
+                    "other shapes; drop --seq-len/--batch-size"
+                )
+        else:
+            schedule = plan.schedule(args.seq_len, args.batch_size)
+    if schedule is None:
+        raise CommandError(
+            f"{args.file} holds a plan without a schedule; pass --seq-len T (and --batch-size B) "
+            "to resolve it, or save it with plan.to_json(schedule=plan.schedule(T, B))"
+        )
+    return plan, schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing
+# ---------------------------------------------------------------------------------------------
+
+
+def _short(action: Any, most: int = 8) -> str:
+    """The action's repr, with a long ``save`` tuple elided."""
+    save = getattr(action, "save", ())
+    if len(save) <= most:
+        return repr(action)
+    head = ", ".join(map(str, save[: most - 2]))
+    tail = ", ".join(map(str, save[-2:]))
+    return f"Advance({action.start}, {action.stop}, save=({head}, ..., {tail}))  # {len(save)} saved"
+
+
+def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
+    summary = str(schedule)
+    if plan is not None:
+        text = str(plan)
+        print(text, file=out)
+        if summary.splitlines()[0] not in text:  # a budget plan lists the schedules it resolved
+            print(summary, file=out)
+    else:
+        print(summary, file=out)
+    stats = schedule_statistics(schedule)
+    print("Statistics:", file=out)
+    print(f"  actions: {stats.actions}", file=out)
+    print(
+        f"  forward evaluations: {stats.forward_evaluations} block evaluations, "
+        f"{stats.evaluations_per_step:.3f} per time step (plain BPTT: 1)",
+        file=out,
+    )
+    print(f"  blocks backpropagated: {stats.backward_blocks}", file=out)
+    print(f"  most stored states: {stats.most_stored_states} (initial state included)", file=out)
+    if stats.simulated_peak_bytes is not None:
+        print(
+            f"  simulated peak memory, action by action: {format_bytes(stats.simulated_peak_bytes)} "
+            f"(cost model: {format_bytes(schedule.predicted_peak_bytes)})",
+            file=out,
+        )
+    if actions > 0:
+        shown = min(actions, stats.actions)
+        print(f"First {shown} of {stats.actions} actions (stored states after each):", file=out)
+        width = len(str(max(shown - 1, 0)))
+        from .export import walk
+
+        for step in walk(schedule):
+            if step.index >= shown:
+                break
+            print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+_MODES = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN"}
+_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _cmd_rnn(args: argparse.Namespace) -> int:
+    try:
+        import torch
+    except ImportError:
+        raise CommandError("the rnn subcommand needs torch; install it with pip install torch") from None
+    import vlrnn_planner
+
+    auto_plan = getattr(vlrnn_planner, "auto_plan", None)
+    if auto_plan is None:
+        raise CommandError("this vlrnn-planner has no auto_plan; the rnn subcommand needs it")
+    cls = getattr(torch.nn, _MODES[args.mode])
+    kwargs: dict[str, Any] = {"num_layers": args.num_layers, "batch_first": args.batch_first}
+    if args.mode == "RNN":
+        kwargs["nonlinearity"] = args.nonlinearity
+    module = cls(args.input_size, args.hidden_size, **kwargs).to(dtype=getattr(torch, args.dtype))
+    if args.device is not None:
+        try:
+            module = module.to(args.device)
+        except (RuntimeError, AssertionError) as e:  # no such device, or torch built without it
+            raise CommandError(f"cannot use device {args.device!r}: {e}") from None
+    plan_kwargs: dict[str, Any] = {"budget": args.budget}
+    if args.device is not None:
+        plan_kwargs["device"] = args.device
+    plan = auto_plan(module, **plan_kwargs)
+    schedule = plan.schedule(args.seq_len, args.batch_size)
+    _print_summary(plan, schedule, actions=args.actions, out=sys.stdout)
+    if args.output is not None:
+        _write_text(args.output, plan.to_json(schedule=schedule, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    plan, schedule = _load(args)
+    _print_summary(plan, schedule, actions=args.actions, out=sys.stdout)
+    return 0
+
+
+def _cmd_dot(args: argparse.Namespace) -> int:
+    _, schedule = _load(args)
+    dot = schedule.to_dot() + "\n"
+    if args.output is None:
+        sys.stdout.write(dot)
+    else:
+        _write_text(args.output, dot)
+        print(f"wrote {args.output}")
+    return 0
+
+
+class _Envelope:
+    """The min and max of a long series in at most ``2 * points`` bins, built in one pass."""
+
+    def __init__(self, points: int) -> None:
+        self.points = max(points, 1)
+        self.width = 1  # actions per bin
+        self.lows: list[float] = []
+        self.highs: list[float] = []
+        self._count = 0  # values in the last bin
+
+    def add(self, value: float) -> None:
+        if self.lows and self._count < self.width:
+            self.lows[-1] = min(self.lows[-1], value)
+            self.highs[-1] = max(self.highs[-1], value)
+            self._count += 1
+            return
+        if len(self.lows) == 2 * self.points:
+            # all bins are full: merge them in pairs, which leaves `points` full bins twice as wide
+            self.lows = [min(self.lows[i], self.lows[i + 1]) for i in range(0, len(self.lows), 2)]
+            self.highs = [max(self.highs[i], self.highs[i + 1]) for i in range(0, len(self.highs), 2)]
+            self.width *= 2
+        self.lows.append(value)
+        self.highs.append(value)
+        self._count = 1
+
+
+@dataclass
+class _Series:
+    label: str
+    envelope: _Envelope
+    color: str
+
+
+def _trace(schedule, points: int) -> tuple[list[_Series], bool]:
+    """The memory over the schedule, binned: the predicted bytes at the peak of each action and
+    held after it where the schedule carries a prediction, else the stored states after it."""
+    from .export import _memory_after_actions, walk
+
+    memory = _memory_after_actions(schedule)
+    if memory is not None:
+        peaks = _Series("peak while each action runs", _Envelope(points), "#1f5fa8")
+        held = _Series("held after each action", _Envelope(points), "#7f8c8d")
+        for peak, after in memory:
+            peaks.envelope.add(float(peak))
+            held.envelope.add(float(after))
+        return [peaks, held], True
+    stored = _Series("stored states after each action", _Envelope(points), "#1f5fa8")
+    for step in walk(schedule):
+        stored.envelope.add(float(step.stored_states))
+    return [stored], False
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CommandError(f"plotting needs matplotlib; install it with {PLOT_INSTALL_HINT}") from None
+    _, schedule = _load(args)
+    series, in_bytes = _trace(schedule, args.points)
+    scale, unit = 1.0, "stored states"
+    budget, budget_label = None, ""
+    if in_bytes:
+        top = max(series[0].envelope.highs + [schedule.budget_bytes or 0])
+        for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
+            if top >= size:
+                scale, unit = size, name
+        unit = f"predicted memory ({unit})"
+        if schedule.budget_bytes is not None:
+            budget, budget_label = schedule.budget_bytes, f"budget {format_bytes(schedule.budget_bytes)}"
+    elif schedule.checkpoints is not None:
+        budget, budget_label = schedule.checkpoints, f"at most {schedule.checkpoints} stored states"
+    fig = Figure(figsize=(args.width, args.height), layout="constrained")
+    ax = fig.add_subplot()
+    width = series[0].envelope.width
+    xs = [i * width for i in range(len(series[0].envelope.highs))]
+    for one in series:
+        highs = [v / scale for v in one.envelope.highs]
+        label = one.label if width == 1 else f"{one.label} (most of every {width})"
+        ax.step(xs, highs, where="post", color=one.color, linewidth=1.2, label=label)
+        if width > 1 and not in_bytes:
+            lows = [v / scale for v in one.envelope.lows]
+            ax.fill_between(xs, lows, highs, step="post", color=one.color, alpha=0.25,
+                            label=f"range over {width} actions")
+    if budget is not None:
+        ax.axhline(budget / scale, color="#c0392b", linestyle="--", linewidth=1.2, label=budget_label)
+    ax.set_xlabel("action index")
+    ax.set_ylabel(unit)
+    ax.set_xlim(0, max(xs[-1] + width, 1) if xs else 1)
+    ax.set_ylim(bottom=0)
+    ax.set_title(str(schedule).splitlines()[0], fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    try:
+        fig.savefig(args.output, dpi=args.dpi)
+    except OSError as e:
+        raise CommandError(f"cannot write {args.output}: {e.strerror or e}") from None
+    except ValueError as e:  # an extension matplotlib does not know
+        raise CommandError(f"cannot write {args.output}: {e}") from None
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser and main
+# ---------------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
+    return value
+
+
+def _mode(text: str) -> str:
+    mode = text.upper()
+    if mode not in _MODES:
+        raise argparse.ArgumentTypeError(f"unknown mode {text!r}; choose one of {', '.join(_MODES)}")
+    return mode
+
+
+def _add_file_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a plan or schedule JSON file")
+    p.add_argument("--seq-len", type=_positive, default=None,
+                   help="resolve a plan for this many time steps (a plan file without a schedule)")
+    p.add_argument("--batch-size", type=_positive, default=None, help="batch size, with --seq-len")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vlrnn-plan` argument parser."""
+    parser = _Parser(
+        prog=PROG,
+        description="Plan exact block backpropagation through time, and inspect saved plans.",
+    )
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("rnn", help="plan a torch nn.LSTM / nn.GRU / nn.RNN to a memory budget",
+                       description="Profile a standard torch RNN and plan it to a memory budget.")
+    p.add_argument("--mode", type=_mode, default="LSTM", help="LSTM, GRU or RNN (default LSTM)")
+    p.add_argument("--input-size", type=_positive, required=True)
+    p.add_argument("--hidden-size", type=_positive, required=True)
+    p.add_argument("--num-layers", type=_positive, default=1)
+    p.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh", help="for --mode RNN")
+    p.add_argument("--batch-first", action="store_true")
+    p.add_argument("--dtype", choices=_DTYPES, default="float32")
+    p.add_argument("--batch-size", type=_positive, required=True)
+    p.add_argument("--seq-len", type=_positive, required=True)
+    p.add_argument("--budget", required=True, help='e.g. 8GB, 8GiB, 512MB, 80%% or a byte count')
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the planner's choice)")
+    p.add_argument("--actions", type=_non_negative, default=20, help="actions to list (default 20)")
+    p.add_argument("-o", "--output", default=None, help="write the plan and its schedule as JSON here")
+    p.set_defaults(handler=_cmd_rnn)
+
+    p = sub.add_parser("show", help="summarise a plan or schedule file",
+                       description="Print the summary, statistics and first actions of a plan or schedule.")
+    _add_file_args(p)
+    p.add_argument("--actions", type=_non_negative, default=20, help="actions to list (default 20)")
+    p.set_defaults(handler=_cmd_show)
+
+    p = sub.add_parser("dot", help="write a schedule's action graph as Graphviz DOT",
+                       description="Write the schedule's action graph in Graphviz DOT.")
+    _add_file_args(p)
+    p.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
+    p.set_defaults(handler=_cmd_dot)
+
+    p = sub.add_parser("plot", help="plot predicted memory over a schedule (needs matplotlib)",
+                       description="Plot the predicted memory (or stored states) after each action, "
+                                   "with the budget as a horizontal line.")
+    _add_file_args(p)
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("--points", type=_positive, default=2000,
+                   help="bins along the x axis for long schedules (default 2000)")
+    p.add_argument("--width", type=float, default=8.0, help="figure width in inches")
+    p.add_argument("--height", type=float, default=4.0, help="figure height in inches")
+    p.add_argument("--dpi", type=_positive, default=120)
+    p.set_defaults(handler=_cmd_plot)
+    return parser
+
+
+def _strip_prefix(message: str) -> str:
+    message = " ".join(message.split())
+    for prefix in ("vlrnn_planner: ", f"{PROG}: error: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    return message
+
+
+def _report(message: str) -> None:
+    print(f"{PROG}: error: {_strip_prefix(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `vlrnn-plan` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Returns
+    -------
+    int
+        0 on success, 2 for a usage error, 1 for any other error (one line on stderr).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        _report(str(e))
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        _report("interrupted")
+        return 130
+    except Exception as e:
+        if args.traceback:
+            raise
+        if isinstance(e, (CommandError, PlannerError)):
+            _report(str(e))
+        else:
+            _report(f"{type(e).__name__}: {e} (run with --traceback for details)")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
