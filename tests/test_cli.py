@@ -347,3 +347,37 @@ def test_rnn_end_to_end(capsys, tmp_path):
     assert doc.schedule.seq_len == 300 and doc.schedule.batch_size == 2
     assert vp.Plan.from_json(target.read_text()) == doc.plan
     assert doc.plan.schedule(300, 2) == doc.schedule
+
+
+def test_rnn_without_torch(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    code, _, err = run(capsys, *RNN_ARGS)
+    assert code == 1
+    assert_one_line_error(err, "needs torch")
+
+
+def test_show_and_dot_run_with_torch_absent(files):
+    """Inspecting a plan made on a GPU machine needs neither torch nor a GPU."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, BlockTorch())
+        from vlrnn_planner.cli import main
+        assert main(["show", {files["schedule"]!r}]) == 0
+        assert main(["dot", {files["plan_with_schedule"]!r}]) == 0
+        print("torch" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False"
