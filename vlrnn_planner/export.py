@@ -332,7 +332,10 @@ def schedule_from_json(text: str | bytes):
         If ``text`` is not JSON, not a schedule document of a version this library reads, or
         holds a field value that `Schedule` rejects.
     """
-    doc = _parse(text)
+    return _schedule_document(_parse(text))
+
+
+def _schedule_document(doc: dict[str, Any]):
     _expect(doc, FORMAT_SCHEDULE)
     if "schedule" not in doc:
         raise InvalidInputError('vlrnn_planner: the schedule document has no "schedule" object')
@@ -386,11 +389,15 @@ def load_document(text: str | bytes) -> Document:
     InvalidInputError
         If ``text`` is not one of the two documents.
     """
-    from .plan import Plan
-
     doc = _parse(text)
     if doc["format"] == FORMAT_SCHEDULE:
-        return Document(schedule=schedule_from_json(text))
+        return Document(schedule=_schedule_document(doc))
+    return _plan_document(doc)
+
+
+def _plan_document(doc: dict[str, Any]) -> Document:
+    from .plan import Plan
+
     _expect(doc, FORMAT_PLAN)
     if "plan" not in doc:
         raise InvalidInputError('vlrnn_planner: the plan document has no "plan" object')
@@ -410,9 +417,7 @@ def plan_from_json(text: str | bytes):
     InvalidInputError
         If ``text`` is not JSON or not a plan document of a version this library reads.
     """
-    doc = _parse(text)
-    _expect(doc, FORMAT_PLAN)
-    return load_document(text).plan
+    return _plan_document(_parse(text)).plan
 
 
 # ---------------------------------------------------------------------------------------------
