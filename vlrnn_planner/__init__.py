@@ -63,6 +63,7 @@ def backward(
     state: Any = None,
     final_loss_fn: Any = None,
     time_dim: int | None = None,
+    scaler: Any = None,
     backend: Backend | None = None,
 ) -> Result:
     """Run ``cell`` over ``inputs`` in blocks and backpropagate, exactly as plain BPTT would.
@@ -93,6 +94,10 @@ def backward(
         ``final_loss_fn(final_state) -> scalar``: an extra loss on the final state.
     time_dim : int, optional
         Overrides the cell's time axis.
+    scaler : optional
+        A gradient scaler for mixed precision (``torch.amp.GradScaler``): each block's loss is
+        backpropagated as ``scaler.scale(loss)``; ``result.loss`` stays unscaled. The caller's
+        ``autocast`` context applies to both passes alike.
     backend : Backend, optional
         Overrides backend discovery.
 
@@ -115,6 +120,8 @@ def backward(
         backend = find_backend(cell)
     kwargs = dict(targets=targets, loss_fn=loss_fn, state=state, final_loss_fn=final_loss_fn, time_dim=time_dim)
     shape = backend.inspect(cell, inputs, **kwargs)
+    if scaler is not None:
+        kwargs["scaler"] = scaler
     if isinstance(plan, Schedule):
         if plan.seq_len != shape.seq_len:
             raise InvalidInputError(

@@ -54,8 +54,13 @@ class TorchBackend:
         view = self._prepare(cell, inputs, **kwargs)
         return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes)
 
-    def execute(self, schedule, cell, inputs, **kwargs) -> Result:
+    def execute(self, schedule, cell, inputs, *, scaler=None, **kwargs) -> Result:
         """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
+        if scaler is not None and not callable(getattr(scaler, "scale", None)):
+            raise InvalidTypeError(
+                f"vlrnn_torch: scaler must have a scale(loss) method (torch.amp.GradScaler), "
+                f"got {type(scaler).__name__}"
+            )
         view = self._prepare(cell, inputs, **kwargs)
         return run_schedule(
             schedule,
@@ -64,4 +69,5 @@ class TorchBackend:
             state=kwargs["state"],
             loss_fn=kwargs["loss_fn"],
             final_loss_fn=kwargs["final_loss_fn"],
+            scaler=scaler,
         )

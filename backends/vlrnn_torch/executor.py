@@ -10,6 +10,11 @@ detached input state is the delta handed to block ``b - 1``. Block 0 runs from t
 initial state, so its gradient reaches a leaf state's ``.grad`` or flows on into whatever graph
 made the state (an encoder), in the same traversal.
 
+NOTE [ DistributedDataParallel ]
+A DDP-wrapped cell would all-reduce its gradients after every block's traversal. All blocks but
+block 0 (the last traversal of a call) run under ``cell.no_sync()``, so the gradients accumulate
+locally and are all-reduced once per call, as with gradient accumulation over micro-batches.
+
 NOTE [ Failure atomicity ]
 Before any backward, the ``.grad`` of every leaf the call can reach (the cell's and loss modules'
 parameters, the leaves upstream of the initial state, and the leaves found in the first block's
@@ -22,6 +27,7 @@ and the exception propagates unchanged.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any
@@ -118,8 +124,12 @@ def _scalar(value: Any, name: str) -> torch.Tensor:
 class _Run:
     """The state of one call of the interpreter."""
 
-    def __init__(self, schedule, view, *, loss_fn, final_loss_fn, initial_state, cuda_devices, stash) -> None:
+    def __init__(
+        self, schedule, view, *, cell, loss_fn, final_loss_fn, scaler, initial_state, cuda_devices, stash
+    ) -> None:
         self.schedule = schedule
+        self.cell = cell
+        self.scaler = scaler
         self.view = view
         self.loss_fn = loss_fn
         self.final_loss_fn = final_loss_fn
@@ -178,6 +188,14 @@ def _advance(action: Advance, run: _Run) -> None:
 
 @_apply.register
 def _forward_backward(action: ForwardBackward, run: _Run) -> None:
+    # DDP decides in forward whether the next backward all-reduces: the whole block runs under
+    # no_sync but the last one. NOTE [ DistributedDataParallel ]
+    no_sync = getattr(run.cell, "no_sync", None) if action.block > 0 else None
+    with no_sync() if callable(no_sync) else contextlib.nullcontext():
+        _run_block_with_grad(action, run)
+
+
+def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
     b = action.block
     if b != run.next_block:
         raise ScheduleError(
@@ -215,7 +233,7 @@ def _forward_backward(action: ForwardBackward, run: _Run) -> None:
     roots: list[torch.Tensor] = []
     grads: list[torch.Tensor | None] = []
     if loss is not None and loss.requires_grad:
-        roots.append(loss)
+        roots.append(loss if run.scaler is None else run.scaler.scale(loss))
         grads.append(None)
     if run.delta is not None:
         out_leaves, _ = flatten(state_out)
@@ -250,7 +268,7 @@ def _module_tensors(obj: Any) -> list[torch.Tensor]:
     return list(obj.parameters()) if isinstance(obj, nn.Module) else []
 
 
-def run_schedule(schedule, cell: nn.Module, view, *, state: Any, loss_fn, final_loss_fn) -> Result:
+def run_schedule(schedule, cell: nn.Module, view, *, state: Any, loss_fn, final_loss_fn, scaler=None) -> Result:
     """Carry out ``schedule``; see `vlrnn_planner.backward` for the contract."""
     state_leaves = [t for t in flatten(state)[0] if t is not None]
     cuda_devices = ()
@@ -270,8 +288,10 @@ def run_schedule(schedule, cell: nn.Module, view, *, state: Any, loss_fn, final_
         run = _Run(
             schedule,
             view,
+            cell=cell,
             loss_fn=loss_fn,
             final_loss_fn=final_loss_fn,
+            scaler=scaler,
             initial_state=initial,
             cuda_devices=cuda_devices,
             stash=stash,

@@ -1,0 +1,130 @@
+"""The executor inside real training loops: mixed precision (autocast, GradScaler) and
+DistributedDataParallel (one gradient all-reduce per call)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import assert_grads_close, grads_of, sq_loss
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import vlrnn_planner as vp
+import vlrnn_torch
+
+T, B, F, H = 20, 2, 3, 4
+
+
+class FixedScaler:
+    """The part of torch.amp.GradScaler the executor uses: scale(loss)."""
+
+    def __init__(self, scale: float) -> None:
+        self.factor = scale
+
+    def scale(self, loss):
+        return loss * self.factor
+
+
+def test_scaler_scales_every_block_loss():
+    cell = nn.LSTM(F, H, 2)
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    out, _ = cell(x)
+    loss = sq_loss(out, y)
+    (loss * 1024.0).backward()
+    expected = grads_of(list(cell.parameters()))
+    cell.zero_grad(set_to_none=True)
+    result = vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss, scaler=FixedScaler(1024.0))
+    assert math.isclose(result.loss, loss.item(), rel_tol=1e-12)  # unscaled
+    assert_grads_close(list(cell.parameters()), expected, atol=1e-7)
+
+
+def test_torch_grad_scaler_is_accepted():
+    cell = nn.GRU(F, H)
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    out, _ = cell(x)
+    scaler.scale(sq_loss(out, y)).backward()
+    expected = grads_of(list(cell.parameters()))
+    cell.zero_grad(set_to_none=True)
+    vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss, scaler=scaler)
+    assert_grads_close(list(cell.parameters()), expected, atol=1e-8)
+
+
+def test_bad_scaler():
+    with pytest.raises(vp.InvalidTypeError, match="scaler must have a scale"):
+        vp.backward(vp.fixed_plan(2), nn.GRU(F, H), torch.randn(T, B, F), loss_fn=lambda o, t: o.sum(), scaler=2.0)
+
+
+class Elman(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(F, H)
+        self.rec = nn.Linear(H, H)
+
+    def forward(self, x_t, h):
+        h = torch.tanh(self.inp(x_t) + self.rec(h))
+        return h, h
+
+
+def test_autocast_applies_to_both_passes():
+    """Under the caller's bfloat16 autocast, blocks give what plain BPTT under autocast gives."""
+    # A step cell of Linear layers (autocast casts them to bfloat16 on any CPU).
+    cell = vlrnn_torch.StepCell(Elman()).float()
+    x, y = torch.randn(T, B, F, dtype=torch.float32), torch.randn(T, B, H, dtype=torch.float32)
+
+    def loss_fn(o, t):
+        return ((o.float() - t) ** 2).sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, outs = torch.zeros(B, H, dtype=torch.float32), []
+        for x_t in x:
+            o, h = cell(x_t, h)
+            outs.append(o)
+        loss = loss_fn(torch.stack(outs), y)
+    loss.backward()
+    expected = grads_of(list(cell.parameters()))
+    cell.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = vp.backward(vp.fixed_plan(5), cell, x, targets=y, loss_fn=loss_fn, state=torch.zeros(B, H, dtype=torch.float32))
+    # bfloat16 has 8 bits of mantissa: the block decomposition reassociates sums in bf16.
+    assert math.isclose(result.loss, loss.item(), rel_tol=1e-2)
+    for p, g in zip(cell.parameters(), expected):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, g, atol=5e-2 * g.abs().max().item(), rtol=0)
+
+
+def test_ddp_all_reduces_once_per_call():
+    """A one-process gloo group: DDP gradients equal plain BPTT, with one all-reduce round per call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = dist.FileStore(os.path.join(tmp, "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        try:
+            torch.manual_seed(0)
+            inner = nn.LSTM(F, H, 2)
+            plain = nn.LSTM(F, H, 2)
+            plain.load_state_dict(inner.state_dict())
+            ddp = DDP(inner, bucket_cap_mb=1000)  # one bucket: one all-reduce per sync
+            rounds = []
+
+            def counting_hook(state, bucket):
+                rounds.append(bucket.index())
+                fut = torch.futures.Future()
+                fut.set_result(bucket.buffer())
+                return fut
+
+            ddp.register_comm_hook(None, counting_hook)
+            x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+            out, _ = plain(x)
+            sq_loss(out, y).backward()
+            expected = grads_of(list(plain.parameters()))
+            result = vp.backward(vp.fixed_plan(4), ddp, x, targets=y, loss_fn=sq_loss)
+            assert result.schedule.num_blocks == 5
+            assert_grads_close(list(inner.parameters()), expected)
+            assert rounds == [0]  # one bucket all-reduced once, not once per block
+        finally:
+            dist.destroy_process_group()
