@@ -11,7 +11,8 @@ During a training step the device holds, at its peak:
 
 - the parameters and their gradients;
 - the inputs and targets of the whole sequence (resident on the device);
-- the stored boundary states (at most ``max_stored_states``, the initial state included);
+- the stored boundary states (at most ``max_stored_states``, the initial state included), each with
+  its fixed companions (``state_bytes_fixed``: the RNG state kept with it, on CPU);
 - the working state and the gradient arriving at a block's output state (two more states);
 - one block in flight: while a block runs with grad and is backpropagated, its activations (the
   loss head included) and the backward's temporaries; while a block runs without grad, its
@@ -231,8 +232,8 @@ def peak_memory(
         ("gradients", int(profile.gradient_bytes)),
         ("inputs", math.ceil(profile.input_bytes_per_step * samples)),
         ("targets", math.ceil(profile.target_bytes_per_step * samples)),
-        ("stored states", math.ceil(stored_states * state)),
-        ("working state and its gradient", math.ceil(2 * state)),
+        ("stored states", math.ceil(stored_states * (state + profile.state_bytes_fixed))),
+        ("working state and its gradient", math.ceil(2 * state + profile.state_bytes_fixed)),
         ("block in flight", block_bytes(profile, workload.block_sample_steps(block_length))),
     )
     return sum(b for _, b in parts), parts

@@ -154,7 +154,7 @@ def _shapes(profile: CellProfile, workload: Workload, budget_bytes: int) -> Iter
     """(strategy, K, checkpoints) worth pricing (NOTE [ Joint search of K and checkpoints ])."""
     seq_len = workload.seq_len
     yield "store_all", seq_len, None
-    state = profile.state_bytes_per_sample * workload.batch_size
+    state = profile.state_bytes_per_sample * workload.batch_size + profile.state_bytes_fixed
     binomial = "binomial" in strategies.STRATEGIES
     for k in candidate_block_lengths(seq_len):
         n = math.ceil(seq_len / k)

@@ -48,6 +48,9 @@ class CellProfile:
         Bytes of the trainable parameters and of their gradients.
     state_bytes_per_sample : float
         Bytes of one boundary state, per sequence in the batch.
+    state_bytes_fixed : float
+        Bytes kept on the device with each stored state whatever the batch (the CPU's random
+        generator state, on CPU).
     input_bytes_per_step, target_bytes_per_step : float
         Bytes of the inputs and targets, per step and per sequence.
     activation_bytes_per_step, activation_bytes_fixed : float
@@ -94,6 +97,7 @@ class CellProfile:
     parameter_bytes: int = 0
     gradient_bytes: int = 0
     state_bytes_per_sample: float = 0.0
+    state_bytes_fixed: float = 0.0
     input_bytes_per_step: float = 0.0
     target_bytes_per_step: float = 0.0
     activation_bytes_per_step: float = 0.0
