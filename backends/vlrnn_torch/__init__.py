@@ -17,6 +17,7 @@ from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 
 from .cells import SequenceModule, StepCell, adapt
 from .executor import run_schedule
+from .profiler import profile_cell
 from .sequences import make_view
 from .tree import check_state, flatten
 
@@ -27,6 +28,9 @@ class TorchBackend:
     """The torch backend: accepts any `torch.nn.Module`."""
 
     name = "torch"
+
+    #: Measure a cell on its device: `vlrnn_torch.profiler.profile_cell`.
+    profile = staticmethod(profile_cell)
 
     def accepts(self, cell: Any) -> bool:
         return isinstance(cell, nn.Module)
