@@ -89,6 +89,16 @@ def test_schedule_round_trip(schedule):
     assert vp.Schedule.from_json(schedule.to_json(indent=2)) == schedule
 
 
+def test_schedule_round_trip_with_boundaries():
+    s = full_schedule(strategy="binomial", seq_len=100, block_length=1, checkpoints=3, levels=(), boundaries=(0, 5, 12, 30, 61, 100))
+    text = s.to_json()
+    assert json.loads(text)["schedule"]["boundaries"] == [0, 5, 12, 30, 61, 100]
+    back = vp.Schedule.from_json(text)
+    assert back == s and isinstance(back.boundaries, tuple) and back.block_length == 39
+    assert list(back.actions) == list(s.actions)
+    assert nx.is_isomorphic(back.graph(), s.graph())
+
+
 def test_plan_round_trip_without_profile():
     for plan in (
         vp.fixed_plan(block_length=50),

@@ -29,6 +29,46 @@ def _positive_int(name: str, value: Any, *, hint: str) -> int:
     return value
 
 
+def _listing(values: Sequence[int], most: int = 8) -> str:
+    shown = ", ".join(map(str, values[:most]))
+    return shown + (", ..." if len(values) > most else "")
+
+
+def _check_boundaries(boundaries: Any, seq_len: int) -> tuple[int, ...]:
+    """``boundaries`` as a tuple of ints ``0 = b_0 < ... < b_n = seq_len``, or InvalidInputError."""
+    hint = "give the start step of every block, then seq_len, increasing from 0"
+    if isinstance(boundaries, (str, bytes)):
+        raise InvalidInputError(f"vlrnn_planner: boundaries must be a sequence of ints, got {boundaries!r}; {hint}")
+    try:
+        bounds = tuple(boundaries)
+    except TypeError:
+        raise InvalidInputError(
+            f"vlrnn_planner: boundaries must be a sequence of ints, got {boundaries!r}; {hint}"
+        ) from None
+    for b in bounds:
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise InvalidInputError(
+                f"vlrnn_planner: boundaries must hold ints, got {b!r} in {_listing(bounds)}; {hint}"
+            )
+    if len(bounds) < 2:
+        raise InvalidInputError(
+            f"vlrnn_planner: boundaries ({_listing(bounds)}) need at least a start and an end; {hint}"
+        )
+    if bounds[0] != 0:
+        raise InvalidInputError(f"vlrnn_planner: boundaries must start at step 0, got {bounds[0]}; {hint}")
+    if bounds[-1] != seq_len:
+        raise InvalidInputError(
+            f"vlrnn_planner: boundaries must end at seq_len={seq_len}, got {bounds[-1]}; {hint}"
+        )
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        if b <= a:
+            raise InvalidInputError(
+                f"vlrnn_planner: boundaries must increase, but entry {i + 1} ({b}) is not above "
+                f"entry {i} ({a}); every block needs at least one step"
+            )
+    return bounds
+
+
 class Actions(Sequence):
     """The ordered actions of a schedule: re-iterable, generated afresh on each pass.
 
@@ -76,7 +116,8 @@ class Schedule:
     seq_len : int
         Number of time steps ``T``.
     block_length : int
-        Steps per block ``K``; the last block may be shorter.
+        Steps per block ``K``; the last block may be shorter. With ``boundaries``, the longest
+        block (set from them).
     checkpoints : int or None
         Most stored states (initial state included) for ``"binomial"``.
     levels : tuple of int
@@ -87,6 +128,17 @@ class Schedule:
         The cost model's prediction where a profile was known.
     memory_parts : tuple of (str, int)
         What the predicted peak is made of.
+    boundaries : tuple of int
+        Unequal blocks: the start step of every block, then ``seq_len``
+        (``0 = b_0 < b_1 < ... < b_n = seq_len``); empty for blocks of ``block_length`` steps.
+        The planner cuts a shrinking (packed) batch so that blocks hold about equal sample-steps
+        (see NOTE [ Per-block costs of a shrinking batch ] in `vlrnn_planner.planner`).
+
+    Examples
+    --------
+    >>> s = Schedule("blocks", seq_len=10, block_length=1, boundaries=(0, 2, 5, 10))
+    >>> s.num_blocks, s.block_length, s.block_steps(1), s.block_steps(2)
+    (3, 5, (2, 5), (5, 10))
     """
 
     strategy: str
@@ -101,17 +153,33 @@ class Schedule:
     memory_parts: tuple[tuple[str, int], ...] = ()
     device: str | None = None
     budget_bytes: int | None = None
+    boundaries: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _positive_int("seq_len", self.seq_len, hint="pass the number of time steps")
         _positive_int("block_length", self.block_length, hint="use a block length of 1 or more steps")
+        if self.boundaries:
+            bounds = _check_boundaries(self.boundaries, self.seq_len)
+            object.__setattr__(self, "boundaries", bounds)
+            longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+            if self.block_length != longest:
+                object.__setattr__(self, "block_length", longest)
+        elif not isinstance(self.boundaries, tuple):
+            object.__setattr__(self, "boundaries", ())
         if self.strategy not in strategies.STRATEGIES:
             raise InvalidInputError(
                 f"vlrnn_planner: unknown strategy {self.strategy!r}; "
                 f"choose one of {', '.join(strategies.STRATEGIES)}"
             )
-        if self.strategy == "store_all" and self.block_length != self.seq_len:
-            object.__setattr__(self, "block_length", self.seq_len)
+        if self.strategy == "store_all":
+            if len(self.boundaries) > 2:
+                raise InvalidInputError(
+                    f"vlrnn_planner: store_all is one block, but boundaries={self.boundaries!r} "
+                    f"cut {len(self.boundaries) - 1} blocks; use strategy 'blocks' or drop boundaries"
+                )
+            object.__setattr__(self, "boundaries", ())
+            if self.block_length != self.seq_len:
+                object.__setattr__(self, "block_length", self.seq_len)
         if not isinstance(self.levels, tuple):
             object.__setattr__(self, "levels", tuple(self.levels))
         if not isinstance(self.memory_parts, tuple):
@@ -119,13 +187,17 @@ class Schedule:
 
     @property
     def num_blocks(self) -> int:
-        """Number of blocks ``ceil(T / K)``."""
+        """Number of blocks: ``ceil(T / K)``, or ``len(boundaries) - 1`` for unequal blocks."""
+        if self.boundaries:
+            return len(self.boundaries) - 1
         return math.ceil(self.seq_len / self.block_length)
 
     def block_steps(self, block: int) -> tuple[int, int]:
         """The time steps ``[start, stop)`` of block ``block``."""
         if not 0 <= block < self.num_blocks:
             raise IndexError(f"vlrnn_planner: block {block} outside 0..{self.num_blocks - 1}")
+        if self.boundaries:
+            return self.boundaries[block], self.boundaries[block + 1]
         start = block * self.block_length
         return start, min(start + self.block_length, self.seq_len)
 
@@ -163,7 +235,16 @@ class Schedule:
     def __str__(self) -> str:
         from .cost import describe_schedule
 
-        return describe_schedule(self)
+        text = describe_schedule(self)
+        if self.boundaries:
+            lengths = [b - a for a, b in zip(self.boundaries, self.boundaries[1:])]
+            head, _, rest = text.partition("\n")
+            line = (
+                f"  unequal blocks: {min(lengths)} to {max(lengths)} steps "
+                f"(K above is the longest), starting at steps {_listing(self.boundaries[:-1])}"
+            )
+            text = head + "\n" + line + ("\n" + rest if rest else "")
+        return text
 
 
 @dataclass(frozen=True)

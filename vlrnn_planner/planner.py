@@ -18,6 +18,34 @@ For each candidate ``K``, what is left of the budget after everything but the st
 bounds how many states can be stored. If all ``n - 1`` boundary states fit, the ``blocks``
 strategy is taken; otherwise ``binomial`` with as many checkpoints as fit (more checkpoints never
 cost more evaluations), so K and the checkpoint count are searched jointly.
+
+NOTE [ Per-block costs of a shrinking batch ]
+---------------------------------------------
+A packed batch sorted by decreasing length runs ``batch_sizes[t]`` sequences at step ``t``, so a
+block's activations and time follow its sample-steps (the sum of ``batch_sizes`` over its steps),
+while every boundary state holds the full batch (finished sequences pass through). Blocks of
+equal steps are then uneven: the first is the widest, the last may be nearly empty. When the
+batch shrinks, `solve` prices chains of unequal blocks block by block (as rotor does for
+heterogeneous chains):
+
+- the cuts tried are blocks of about equal sample-steps (`cut_by_sample_steps` with a cap
+  ``ceil(S / n)`` for ``n`` blocks, ``S`` the total sample-steps) and, so that the result is never
+  worse than uniform blocks under the same model, blocks of equal steps;
+- for each cut, the ``blocks`` strategy if it fits, else ``binomial`` with as many checkpoints
+  ``c`` as fit when every block runs with ``c + 2`` states held (``c`` stored, the working state,
+  the gradient) beside the largest block;
+- the peak is that of the reference simulator's memory model (`vlrnn_planner.simulate`, NOTE
+  [ Memory model ]) with every state at full-batch size (its fixed companions included): while
+  block ``b`` runs with grad it holds the stored states, its input state if not stored, the
+  gradient at its output and its activations. For ``blocks`` that is ``(b + 2)`` states beside
+  block ``b``, in closed form; ``binomial`` is walked (``O(actions)``). Advances never exceed the
+  ForwardBackward that follows them, so the peak is the largest of these;
+- the time is the sum over advanced blocks of their no-grad seconds and over all blocks of their
+  seconds with grad, each block paying ``block_overhead_seconds``: what the simulator sums with
+  the same per-block callbacks.
+
+Block counts are tried exhaustively up to 64, then about 5% apart, so the search costs about
+``20 T`` operations at most.
 """
 
 from __future__ import annotations
@@ -29,12 +57,20 @@ from typing import Any
 from . import strategies
 from .backends import find_backend
 from .budget import Budget, format_bytes, parse_budget
-from .cost import Estimate, Workload, estimate, peak_memory
+from .actions import Advance, ForwardBackward
+from .cost import Estimate, Workload, block_bytes, estimate, peak_memory
 from .errors import InfeasibleBudgetError, InvalidInputError
 from .plan import Plan, Schedule
 from .profile import CellProfile
 
-__all__ = ["auto_plan", "plan_for_profile", "solve", "minimum_peak", "candidate_block_lengths"]
+__all__ = [
+    "auto_plan",
+    "plan_for_profile",
+    "solve",
+    "minimum_peak",
+    "candidate_block_lengths",
+    "cut_by_sample_steps",
+]
 
 
 def auto_plan(
@@ -257,6 +293,16 @@ def solve(
     baseline = estimate(profile, workload, strategy="store_all", block_length=seq_len)
     if baseline.peak_bytes <= budget:
         return _schedule(plan, workload, "store_all", seq_len, None, baseline, baseline.seconds)
+    if workload.batch_sizes is not None and len(set(workload.batch_sizes)) > 1:
+        # The plan as if every block were the widest is one candidate (never worse than it).
+        try:
+            widest = solve(plan, seq_len=seq_len, batch_size=batch_size)
+        except InfeasibleBudgetError:
+            widest = None
+        shrinking = _solve_shrinking(plan, workload, baseline.seconds, widest)
+        if shrinking is None:
+            raise _infeasible(plan, workload, budget)
+        return shrinking
     best: tuple[float, str, int, int | None, Estimate] | None = None
     for strategy, k, checkpoints in _shapes(profile, workload, budget):
         e = estimate(profile, workload, strategy=strategy, block_length=k, checkpoints=checkpoints)
@@ -327,3 +373,209 @@ def _infeasible(plan: Plan, workload: Workload, budget: int) -> InfeasibleBudget
         minimum_bytes=least.peak_bytes,
     )
 
+
+# ---------------------------------------------------------------------------------------------
+# A shrinking batch: unequal blocks priced block by block
+# ---------------------------------------------------------------------------------------------
+
+
+class _Chain:
+    """Per-block costs of one cut of a shrinking batch (NOTE [ Per-block costs of a shrinking batch ]).
+
+    Attributes: ``bounds`` (block starts, then T), ``state`` (bytes of one state, full batch, with
+    its fixed companions), ``base`` (bytes held throughout), ``blocks`` (bytes of each block in
+    flight), ``advance`` and ``fb`` (seconds of each block without grad, and with grad and
+    backward, the block overhead included).
+    """
+
+    __slots__ = ("bounds", "state", "base", "blocks", "advance", "fb", "_advance_prefix")
+
+    def __init__(self, profile: CellProfile, workload: Workload, bounds: Sequence[int], prefix: Sequence[int]) -> None:
+        p = profile
+        self.bounds = tuple(bounds)
+        self.state = p.state_bytes_per_sample * workload.batch_size + p.state_bytes_fixed
+        samples = workload.sample_steps
+        self.base = (
+            int(p.parameter_bytes)
+            + int(p.gradient_bytes)
+            + math.ceil(p.input_bytes_per_step * samples)
+            + math.ceil(p.target_bytes_per_step * samples)
+        )
+        slack = getattr(p, "allocator_slack", 0.0) or 0.0
+        self.blocks = []
+        self.advance = []
+        self.fb = []
+        for a, b in zip(self.bounds, self.bounds[1:]):
+            steps, sample_steps = b - a, prefix[b] - prefix[a]
+            block = block_bytes(p, sample_steps)
+            self.blocks.append(block + math.ceil(slack * block))
+            self.advance.append(
+                steps * p.advance_seconds_per_step
+                + sample_steps * p.advance_seconds_per_step_per_sample
+                + p.block_overhead_seconds
+            )
+            self.fb.append(
+                steps * p.fb_seconds_per_step + sample_steps * p.fb_seconds_per_step_per_sample + p.block_overhead_seconds
+            )
+        self._advance_prefix = [0.0]
+        for s in self.advance:
+            self._advance_prefix.append(self._advance_prefix[-1] + s)
+
+    @property
+    def n(self) -> int:
+        return len(self.bounds) - 1
+
+    def blocks_cost(self) -> tuple[float, float, int]:
+        """Peak bytes, seconds and the block at the peak of the ``blocks`` strategy, in closed
+        form: while block ``b`` runs with grad, ``b + 2`` states are held (NOTE)."""
+        n = self.n
+        peak, at = max(((b + 2) * self.state + self.blocks[b], b) for b in range(n))
+        seconds = self._advance_prefix[n - 1] + sum(self.fb)
+        return self.base + peak, seconds, at
+
+    def walk_cost(self, actions) -> tuple[float, float, int]:
+        """Peak bytes, seconds and the block at the peak of any schedule over this chain, by
+        walking its actions (``O(actions)``; the reference simulator's memory model)."""
+        stored = {0}
+        peak, at, seconds = 0.0, 0, 0.0
+        for action in actions:
+            kind = type(action)
+            if kind is Advance:
+                stored.update(action.save)
+                seconds += self._advance_prefix[action.stop] - self._advance_prefix[action.start]
+            elif kind is ForwardBackward:
+                b = action.block
+                held = (len(stored) + (b not in stored) + 1) * self.state + self.blocks[b]
+                if held > peak:
+                    peak, at = held, b
+                seconds += self.fb[b]
+            else:
+                stored.discard(action.boundary)
+        return self.base + peak, seconds, at
+
+
+def _prefix(sizes: Sequence[int]) -> list[int]:
+    prefix = [0]
+    for b in sizes:
+        prefix.append(prefix[-1] + b)
+    return prefix
+
+
+def cut_by_sample_steps(batch_sizes: Sequence[int], cap: int) -> tuple[int, ...]:
+    """Block boundaries for a shrinking batch: each block as long as it can be while holding at
+    most ``cap`` sample-steps (steps times sequences running); a step over ``cap`` is a block.
+
+    Examples
+    --------
+    >>> cut_by_sample_steps([4, 4, 2, 2, 1, 1, 1, 1], 4)
+    (0, 1, 2, 4, 8)
+    """
+    bounds = [0]
+    total = 0
+    for t, b in enumerate(batch_sizes):
+        if total and total + b > cap:
+            bounds.append(t)
+            total = 0
+        total += b
+    bounds.append(len(batch_sizes))
+    return tuple(bounds)
+
+
+def _block_counts(limit: int) -> list[int]:
+    """Block counts to try: every count up to 64, then about 5% apart, up to ``limit``."""
+    counts, n = [], 1
+    while n <= limit:
+        counts.append(n)
+        n = n + 1 if n < 64 else max(n + 1, int(n * 1.05))
+    return counts
+
+
+def _chains(profile: CellProfile, workload: Workload) -> Iterator[_Chain]:
+    """Cuts worth pricing: blocks of equal sample-steps, and blocks of equal steps."""
+    sizes = workload.batch_sizes
+    seq_len = workload.seq_len
+    prefix = _prefix(sizes)
+    total = prefix[-1]
+    seen: set[tuple[int, ...]] = set()
+    lengths = candidate_block_lengths(seq_len) if seq_len <= 20_000 else sorted(
+        {-(-seq_len // n) for n in _block_counts(seq_len)}, reverse=True
+    )
+    cuts: list[tuple[int, ...]] = []
+    for n in _block_counts(seq_len):
+        cuts.append(cut_by_sample_steps(sizes, -(-total // n)))
+    for k in lengths:
+        cuts.append(tuple(range(0, seq_len, k)) + (seq_len,))
+    for bounds in cuts:
+        if len(bounds) > 2 and bounds not in seen:
+            seen.add(bounds)
+            yield _Chain(profile, workload, bounds, prefix)
+
+
+def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Schedule | None) -> Schedule | None:
+    """The fastest fitting schedule over unequal blocks, or None (NOTE [ Per-block costs of a
+    shrinking batch ]). ``widest``, the schedule planned as if every block were the widest, is
+    priced block by block too, so the result is never slower than it."""
+    profile, budget = plan.profile, plan.budget_bytes
+    binomial = "binomial" in strategies.STRATEGIES
+    best: tuple[float, float, str, int | None, _Chain, int] | None = None
+    if widest is not None and widest.strategy != "store_all":
+        k, n = widest.block_length, widest.num_blocks
+        chain = _Chain(profile, workload, tuple(range(0, workload.seq_len, k)) + (workload.seq_len,), _prefix(workload.batch_sizes))
+        peak, seconds, at = chain.walk_cost(strategies.generate(widest))
+        if peak <= budget:
+            best = (seconds, peak, widest.strategy, widest.checkpoints if widest.strategy == "binomial" else None, chain, at)
+    for chain in _chains(profile, workload):
+        n = chain.n
+        if best is not None and (2 * n - 1) * profile.block_overhead_seconds > best[0]:
+            continue  # the overheads alone are slower than the best so far
+        peak, seconds, at = chain.blocks_cost()
+        shape: tuple[str, int | None] = ("blocks", None)
+        if peak > budget:
+            if not binomial or n < 3 or chain.state <= 0:
+                continue
+            # Every FB holds at most c + 2 states: c stored, the working state, the delta.
+            room = budget - chain.base - max(chain.blocks)
+            c = min(int(room // chain.state) - 2, n - 2)
+            if c < 1:
+                continue
+            peak, seconds, at = chain.walk_cost(strategies.binomial(n, c))
+            shape = ("binomial", c)
+            if peak > budget:
+                continue
+        if best is None or seconds < best[0]:
+            best = (seconds, peak, shape[0], shape[1], chain, at)
+    if best is None:
+        return None
+    seconds, peak, strategy, checkpoints, chain, at = best
+    bounds = chain.bounds
+    p = profile
+    samples = workload.sample_steps
+    base_parts = (
+        ("parameters", int(p.parameter_bytes)),
+        ("gradients", int(p.gradient_bytes)),
+        ("inputs", math.ceil(p.input_bytes_per_step * samples)),
+        ("targets", math.ceil(p.target_bytes_per_step * samples)),
+    )
+    working = math.ceil(2 * chain.state)
+    block = chain.blocks[at]
+    parts = base_parts + (
+        ("stored states", math.ceil(peak) - chain.base - working - block),
+        ("working state and its gradient", working),
+        ("block in flight", block),
+    )
+    lengths = {b - a for a, b in zip(bounds, bounds[1:-1])}
+    uniform = len(lengths) <= 1 and bounds[-1] - bounds[-2] <= bounds[1]
+    return Schedule(
+        strategy=strategy,
+        seq_len=workload.seq_len,
+        block_length=max(b - a for a, b in zip(bounds, bounds[1:])),
+        checkpoints=checkpoints,
+        batch_size=workload.batch_size,
+        predicted_peak_bytes=math.ceil(peak),
+        predicted_seconds=seconds,
+        baseline_seconds=baseline,
+        memory_parts=parts,
+        device=p.device,
+        budget_bytes=budget,
+        boundaries=() if uniform else bounds,
+    )
