@@ -533,6 +533,8 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
         if peak > budget:
             if not binomial or n < 3 or chain.state <= 0:
                 continue
+            if best is not None and seconds >= best[0]:
+                continue  # binomial advances every block that blocks does, and more
             # Every FB holds at most c + 2 states: c stored, the working state, the delta.
             room = budget - chain.base - max(chain.blocks)
             c = min(int(room // chain.state) - 2, n - 2)
