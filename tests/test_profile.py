@@ -107,9 +107,9 @@ def test_cpu_path_says_nvml_is_absent(monkeypatch):
 
 def test_auto_plan_through_a_backend():
     backend = types.SimpleNamespace(name="torch", profile=profile_cell)
-    plan = vp.auto_plan(torch.nn.LSTM(4, 32, 2), budget="50MB", backend=backend)
+    plan = vp.auto_plan(torch.nn.LSTM(4, 32, 2), budget="100MB", backend=backend)
     s = plan.schedule(seq_len=100_000, batch_size=8)
-    assert s.predicted_peak_bytes <= 50 * 10**6 and s.strategy in ("blocks", "binomial")
+    assert s.predicted_peak_bytes <= 100 * 10**6 and s.strategy in ("blocks", "binomial")
 
 
 _CHILD = r"""
@@ -138,8 +138,6 @@ print(json.dumps(dict(peak=params + x.numel() * 4 + growth, predicted=sched.pred
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("vlrnn_torch").TorchBackend, "execute"),
-                    reason="the torch executor (TorchBackend.execute) has not landed")
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_measured_peak_stays_under_budget():
     plan = vp.planner.plan_for_profile(profile_cell(torch.nn.LSTM(32, 128, 2, dtype=torch.float32), loss_fn=lambda o, _: o.square().mean()),

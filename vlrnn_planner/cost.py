@@ -227,6 +227,7 @@ def peak_memory(
     """
     state = profile.state_bytes_per_sample * workload.batch_size
     samples = workload.sample_steps
+    block = block_bytes(profile, workload.block_sample_steps(block_length))
     parts = (
         ("parameters", int(profile.parameter_bytes)),
         ("gradients", int(profile.gradient_bytes)),
@@ -234,8 +235,10 @@ def peak_memory(
         ("targets", math.ceil(profile.target_bytes_per_step * samples)),
         ("stored states", math.ceil(stored_states * (state + profile.state_bytes_fixed))),
         ("working state and its gradient", math.ceil(2 * state + profile.state_bytes_fixed)),
-        ("block in flight", block_bytes(profile, workload.block_sample_steps(block_length))),
+        ("block in flight", block),
     )
+    if profile.allocator_overhead_bytes:
+        parts += (("allocator overhead", int(profile.allocator_overhead_bytes)),)
     return sum(b for _, b in parts), parts
 
 

@@ -400,15 +400,15 @@ class _Chain:
             + int(p.gradient_bytes)
             + math.ceil(p.input_bytes_per_step * samples)
             + math.ceil(p.target_bytes_per_step * samples)
+            + int(p.allocator_overhead_bytes)
         )
-        slack = getattr(p, "allocator_slack", 0.0) or 0.0
         self.blocks = []
         self.advance = []
         self.fb = []
         for a, b in zip(self.bounds, self.bounds[1:]):
             steps, sample_steps = b - a, prefix[b] - prefix[a]
             block = block_bytes(p, sample_steps)
-            self.blocks.append(block + math.ceil(slack * block))
+            self.blocks.append(block)
             self.advance.append(
                 steps * p.advance_seconds_per_step
                 + sample_steps * p.advance_seconds_per_step_per_sample

@@ -71,6 +71,9 @@ class CellProfile:
         This process's whole footprint on the device, context included (None on CPU).
     allocator_reserved_bytes : int or None
         Bytes the framework's allocator held for this process when profiled (None on CPU).
+    allocator_overhead_bytes : int
+        Memory the allocator holds beyond what the tensors need during a training step (heap
+        fragmentation; see the torch profiler's NOTE [ CPU allocator overhead ]).
     loss_included : bool
         Whether the activations include a loss head (a ``loss_fn`` was profiled).
     measured_by : str
@@ -113,6 +116,7 @@ class CellProfile:
     device_free_bytes: int | None = None
     process_bytes: int | None = None
     allocator_reserved_bytes: int | None = None
+    allocator_overhead_bytes: int = 0
     loss_included: bool = False
     measured_by: str = ""
     profile_seconds: float = 0.0
