@@ -576,7 +576,7 @@ def profile_cell(
     Examples
     --------
     >>> import torch
-    >>> p = profile_cell(torch.nn.GRU(8, 16))
+    >>> p = profile_cell(torch.nn.GRU(8, 16, dtype=torch.float32))
     >>> p.state_bytes_per_sample, p.input_bytes_per_step, p.parameter_bytes == p.gradient_bytes
     (64.0, 32.0, True)
     """
