@@ -128,3 +128,18 @@ def test_ddp_all_reduces_once_per_call():
             assert rounds == [0]  # one bucket all-reduced once, not once per block
         finally:
             dist.destroy_process_group()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inputs_on_the_host_cell_on_the_gpu():
+    """Blocks are copied to the device as needed; gradients as plain BPTT's on the device."""
+    cell = nn.LSTM(F, H, 2).cuda()
+    x, y = torch.randn(T, B, F).pin_memory(), torch.randn(T, B, H).pin_memory()
+    out, _ = cell(x.cuda())
+    sq_loss(out, y.cuda()).backward()
+    expected = grads_of(list(cell.parameters()))
+    cell.zero_grad(set_to_none=True)
+    result = vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss)
+    assert result.state[0].is_cuda
+    assert_grads_close(list(cell.parameters()), expected)

@@ -19,6 +19,24 @@ from .tree import flatten, unflatten
 __all__ = ["DenseView", "PackedView", "make_view"]
 
 
+def _cell_device(adapter: Adapter) -> torch.device | None:
+    first = next(adapter.cell.parameters(), None)
+    return None if first is None else first.device
+
+
+def _to(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """A block of inputs or targets on the cell's device.
+
+    NOTE [ Inputs on the host ]
+    When the cell is on an accelerator and the sequence is not, only the block at hand is copied
+    over (asynchronously from pinned memory), so a sequence of millions of steps never has to fit
+    on the device; the planner counts such inputs as blocks in flight.
+    """
+    if device is None or t.device == device:
+        return t
+    return t.to(device, non_blocking=t.is_pinned())
+
+
 class DenseView:
     """Inputs with a time axis at ``time_dim``; targets sliced along the same axis."""
 
@@ -31,6 +49,7 @@ class DenseView:
         # (T, B, ...) or (B, T, ...); 2-D inputs are taken as one unbatched sequence.
         self.batch_size = inputs.size(1 if time_dim == 0 else 0) if inputs.dim() >= 3 else 1
         self.batch_sizes = None
+        self.device = _cell_device(adapter)
 
     def prepare_state(self, state: Any) -> Any:
         return state
@@ -39,13 +58,13 @@ class DenseView:
         return state
 
     def run(self, start: int, stop: int, state: Any) -> tuple[Any, Any]:
-        x = self.inputs.narrow(self.time_dim, start, stop - start)
+        x = _to(self.inputs.narrow(self.time_dim, start, stop - start), self.device)
         return self.adapter.run(x, state, self.time_dim)
 
     def block_targets(self, start: int, stop: int) -> Any:
         if self.targets is None:
             return None
-        return self.targets.narrow(self.time_dim, start, stop - start)
+        return _to(self.targets.narrow(self.time_dim, start, stop - start), self.device)
 
 
 class PackedView:
@@ -69,6 +88,7 @@ class PackedView:
             offsets.append(offsets[-1] + b)
         self.offsets = offsets
         self.dim = adapter.state_batch_dim
+        self.device = _cell_device(adapter)
 
     def prepare_state(self, state: Any) -> Any:
         """The caller's initial state (caller's batch order) in sorted order."""
@@ -89,7 +109,7 @@ class PackedView:
     def run(self, start: int, stop: int, state: Any) -> tuple[Any, Any]:
         rows = self.sizes[start]
         lo, hi = self.offsets[start], self.offsets[stop]
-        data = self.inputs.data[lo:hi]
+        data = _to(self.inputs.data[lo:hi], self.device)
         batch_sizes = self.inputs.batch_sizes[start:stop]
         leaves, spec = flatten(state)
         full = next((t.size(self.dim) for t in leaves if t is not None), rows)
@@ -112,7 +132,7 @@ class PackedView:
     def block_targets(self, start: int, stop: int) -> Any:
         if self.targets is None:
             return None
-        return self.targets.data[self.offsets[start] : self.offsets[stop]]
+        return _to(self.targets.data[self.offsets[start] : self.offsets[stop]], self.device)
 
 
 def _time_dim(adapter: Adapter, inputs: torch.Tensor, time_dim: int | None) -> int:
