@@ -328,3 +328,17 @@ def test_dot_has_every_node_and_edge(schedule):
         assert f"\n  a{u} -> a{v} [" in dot
     assert dot.count(" -> ") == g.number_of_edges()
     assert dot.count("{") == dot.count("}")
+
+
+def test_schedule_round_trip_with_splits():
+    from vlrnn_planner.strategies import chain_splits
+
+    bounds = (0, 2, 5, 9, 14, 20, 27, 35, 50)
+    _, splits = chain_splits([8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 2)
+    s = full_schedule(strategy="binomial", seq_len=50, block_length=1, checkpoints=2, levels=(), boundaries=bounds, splits=splits)
+    text = s.to_json()
+    assert json.loads(text)["schedule"]["splits"] == list(splits)
+    back = vp.Schedule.from_json(text)
+    assert back == s and isinstance(back.splits, tuple)
+    assert list(back.actions) == list(s.actions)
+    assert nx.is_isomorphic(back.graph(), s.graph())

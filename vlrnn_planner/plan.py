@@ -133,6 +133,11 @@ class Schedule:
         (``0 = b_0 < b_1 < ... < b_n = seq_len``); empty for blocks of ``block_length`` steps.
         The planner cuts a shrinking (packed) batch so that blocks hold about equal sample-steps
         (see NOTE [ Per-block costs of a shrinking batch ] in `vlrnn_planner.planner`).
+    splits : tuple of int
+        For ``"binomial"`` over unequal blocks: the split points of the schedule of least
+        recomputation time (`vlrnn_planner.strategies.chain_splits`, walked by
+        `vlrnn_planner.strategies.binomial_splits`), ``num_blocks - 1`` of them; empty for the
+        equal-cost binomial schedule.
 
     Examples
     --------
@@ -154,6 +159,7 @@ class Schedule:
     device: str | None = None
     budget_bytes: int | None = None
     boundaries: tuple[int, ...] = ()
+    splits: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _positive_int("seq_len", self.seq_len, hint="pass the number of time steps")
@@ -182,6 +188,21 @@ class Schedule:
                 object.__setattr__(self, "block_length", self.seq_len)
         if not isinstance(self.levels, tuple):
             object.__setattr__(self, "levels", tuple(self.levels))
+        if isinstance(self.splits, (str, bytes)) or self.splits:
+            if self.strategy != "binomial":
+                raise InvalidInputError(
+                    f"vlrnn_planner: splits are for the binomial strategy, not {self.strategy!r}; "
+                    "drop splits or use strategy 'binomial'"
+                )
+            if self.checkpoints is None:
+                raise InvalidInputError(
+                    "vlrnn_planner: splits need checkpoints=c, the most stored states they were "
+                    "computed for"
+                )
+            splits = strategies.check_splits(self.num_blocks, self.checkpoints, self.splits)
+            object.__setattr__(self, "splits", splits)
+        elif not isinstance(self.splits, tuple):
+            object.__setattr__(self, "splits", ())
         if not isinstance(self.memory_parts, tuple):
             object.__setattr__(self, "memory_parts", tuple(tuple(p) for p in self.memory_parts))
 

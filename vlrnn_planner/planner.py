@@ -42,7 +42,16 @@ heterogeneous chains):
   ForwardBackward that follows them, so the peak is the largest of these;
 - the time is the sum over advanced blocks of their no-grad seconds and over all blocks of their
   seconds with grad, each block paying ``block_overhead_seconds``: what the simulator sums with
-  the same per-block callbacks.
+  the same per-block callbacks;
+- for ``binomial`` on a cut of at most 200 blocks, the schedule of least recomputation time over
+  the blocks' unequal advance seconds (`strategies.chain_splits`, NOTE [ Binomial over unequal
+  blocks ] in `vlrnn_planner.strategies`) replaces the equal-cost one where it is faster, with
+  the same ``c`` (so the same peak check; its peak is walked all the same). Its time is the DP's.
+  The DP costs ``O(n^3 c)`` at worst, so it runs after the search, on the binomial cuts whose
+  ``blocks`` time (a lower bound for any schedule on them) beats the best time so far, lowest
+  bound first, where `strategies.chain_dp_work` is at most 3e6 terms, and for at most 4e6 terms
+  in one solve. Cuts of about equal sample-steps have nearly equal advance costs, so there the
+  gain is small; it is larger on cuts of equal steps.
 
 Block counts are tried exhaustively up to 64, then about 5% apart, so the search costs about
 ``20 T`` operations at most.
@@ -511,19 +520,25 @@ def _chains(profile: CellProfile, workload: Workload) -> Iterator[_Chain]:
             yield _Chain(profile, workload, bounds, prefix)
 
 
+_DP_MAX_BLOCKS = 200
+_DP_MAX_WORK = 3_000_000  # split terms of one chain's DP (about 0.4 s in CPython)
+_DP_TOTAL_WORK = 4_000_000  # over one solve
+
+
 def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Schedule | None) -> Schedule | None:
     """The fastest fitting schedule over unequal blocks, or None (NOTE [ Per-block costs of a
     shrinking batch ]). ``widest``, the schedule planned as if every block were the widest, is
     priced block by block too, so the result is never slower than it."""
     profile, budget = plan.profile, plan.budget_bytes
     binomial = "binomial" in strategies.STRATEGIES
-    best: tuple[float, float, str, int | None, _Chain, int] | None = None
+    best: tuple[float, float, str, int | None, _Chain, int, tuple[int, ...]] | None = None
     if widest is not None and widest.strategy != "store_all":
         k, n = widest.block_length, widest.num_blocks
         chain = _Chain(profile, workload, tuple(range(0, workload.seq_len, k)) + (workload.seq_len,), _prefix(workload.batch_sizes))
         peak, seconds, at = chain.walk_cost(strategies.generate(widest))
         if peak <= budget:
-            best = (seconds, peak, widest.strategy, widest.checkpoints if widest.strategy == "binomial" else None, chain, at)
+            best = (seconds, peak, widest.strategy, widest.checkpoints if widest.strategy == "binomial" else None, chain, at, ())
+    uneven: list[tuple[float, _Chain, int]] = []  # binomial cuts the DP may speed up
     for chain in _chains(profile, workload):
         n = chain.n
         if best is not None and (2 * n - 1) * profile.block_overhead_seconds > best[0]:
@@ -535,6 +550,7 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
                 continue
             if best is not None and seconds >= best[0]:
                 continue  # binomial advances every block that blocks does, and more
+            lower = seconds
             # Every FB holds at most c + 2 states: c stored, the working state, the delta.
             room = budget - chain.base - max(chain.blocks)
             c = min(int(room // chain.state) - 2, n - 2)
@@ -544,11 +560,30 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
             shape = ("binomial", c)
             if peak > budget:
                 continue
+            if n <= _DP_MAX_BLOCKS and c < n - 1 and strategies.chain_dp_work(n, c) <= _DP_MAX_WORK:
+                # blocks' time, the least any schedule on this cut can take, ranks it for the DP
+                uneven.append((lower, chain, c))
         if best is None or seconds < best[0]:
-            best = (seconds, peak, shape[0], shape[1], chain, at)
+            best = (seconds, peak, shape[0], shape[1], chain, at, ())
+    # The DP over unequal advance costs, on the binomial cuts that could still win, most
+    # promising first, within a bound on its work.
+    work_left = _DP_TOTAL_WORK
+    for lower, chain, c in sorted(uneven, key=lambda entry: entry[0]):
+        if best is None or lower >= best[0]:
+            break
+        work = strategies.chain_dp_work(chain.n, c)
+        if work > work_left:
+            continue
+        work_left -= work
+        extra, splits = strategies.chain_splits(chain.advance, c)
+        seconds = extra + sum(chain.fb)
+        if seconds < best[0] * (1 - 1e-12):  # a real gain, not rounding
+            peak, _, at = chain.walk_cost(strategies.binomial_splits(chain.n, c, splits))
+            if peak <= budget:
+                best = (seconds, peak, "binomial", c, chain, at, splits)
     if best is None:
         return None
-    seconds, peak, strategy, checkpoints, chain, at = best
+    seconds, peak, strategy, checkpoints, chain, at, splits = best
     bounds = chain.bounds
     p = profile
     samples = workload.sample_steps
@@ -580,4 +615,5 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
         device=p.device,
         budget_bytes=budget,
         boundaries=() if uniform else bounds,
+        splits=splits,
     )

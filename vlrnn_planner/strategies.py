@@ -53,6 +53,10 @@ __all__ = [
     "blocks",
     "multilevel",
     "binomial",
+    "binomial_splits",
+    "chain_splits",
+    "chain_dp_work",
+    "check_splits",
     "generate",
     "forward_evaluations",
     "max_stored_states",
@@ -469,6 +473,232 @@ def _optimal_forward_evaluations_dp(n: int, checkpoints: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# binomial over a chain of unequal blocks
+
+# NOTE [ Binomial over unequal blocks ]
+#     With per-block advance costs ``a_0 .. a_{n-1}`` (seconds of a block without grad), the
+#     recomputation time to reverse blocks ``i .. j-1`` from a stored state at ``i`` with at most
+#     ``s`` stored states (that one included) is
+#
+#         T(i, i+1, s) = 0,    T(i, j, 0) = inf for j > i + 1,
+#         T(i, j, s) = min over i < m < j of  A(i, m) + T(m, j, s - 1) + T(i, m, s),
+#
+#     ``A(i, m) = a_i + ... + a_{m-1}`` from prefix sums: advance to ``m`` and store it (a tail of
+#     one block runs from the working state and takes no slot), reverse the tail with one slot
+#     less, then the head with every slot again, as for equal blocks (NOTE [ Binomial
+#     checkpointing ]) and as rotor does for heterogeneous chains. With ``s >= j - i - 1`` every
+#     boundary fits and ``T = A(i, j - 1)``, the least any schedule can advance (every block but
+#     the last must run once to reach it), so only ``s < j - i - 1`` is tabulated: the exact
+#     minimum over ``m`` makes it ``O(n^3 c)`` time at worst (``chain_dp_work`` counts the terms)
+#     and ``O(n^2 c)`` memory. A schedule is stored compactly as its split points in the order
+#     `binomial_splits` consumes them (pre-order: a node, its tail, then its head), ``n - 1`` ints.
+
+
+def _check_costs(advance_seconds: Any) -> list[float]:
+    try:
+        costs = [float(a) for a in advance_seconds]
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"vlrnn_planner: advance_seconds must be a sequence of numbers, got {advance_seconds!r}"
+        ) from None
+    if not costs:
+        raise InvalidInputError("vlrnn_planner: advance_seconds needs one cost per block, got none")
+    for b, a in enumerate(costs):
+        if not (a >= 0 and math.isfinite(a)):
+            raise InvalidInputError(
+                f"vlrnn_planner: advance_seconds must be finite and non-negative, got {a!r} for block {b}"
+            )
+    return costs
+
+
+def chain_dp_work(n: int, checkpoints: int) -> int:
+    """The number of split terms `chain_splits` evaluates for ``n`` blocks and ``checkpoints``.
+
+    ``sum over s = 1..c, l = s+2..n of (n - l + 1) (l - 1)``: a planner's guard on the DP's time.
+
+    Examples
+    --------
+    >>> chain_dp_work(4, 2), chain_dp_work(4, 3), chain_dp_work(200, 3) < 4 * 10**6
+    (10, 10, True)
+    """
+    total = 0
+    for s in range(1, min(checkpoints, n - 2) + 1):
+        for length in range(s + 2, n + 1):
+            total += (n - length + 1) * (length - 1)
+    return total
+
+
+def _chain_tables(prefix: list[float], n: int, c: int) -> list[list[list[float]]]:
+    """``T(i, j, s)`` for ``s = 0 .. c`` as ``tables[s][i][j]`` (NOTE [ Binomial over unequal blocks ])."""
+    inf = math.inf
+    zero = [[0.0 if j == i + 1 else inf for j in range(n + 1)] for i in range(n + 1)]
+    tables = [zero]
+    # columns[j][m] = T(m, j, s - 1): the tail terms read down a column, kept transposed.
+    columns = [[zero[m][j] for m in range(n + 1)] for j in range(n + 1)]
+    for s in range(1, c + 1):
+        rows = [[inf] * (n + 1) for _ in range(n + 1)]
+        for i in range(n):
+            row = rows[i]
+            p = prefix[i]
+            for j in range(i + 1, min(i + s + 1, n) + 1):
+                row[j] = prefix[j - 1] - p  # every boundary fits
+        for length in range(s + 2, n + 1):
+            for i in range(n - length + 1):
+                j = i + length
+                row = rows[i]
+                best = min([x + y + z for x, y, z in zip(prefix[i + 1 : j], columns[j][i + 1 : j], row[i + 1 : j])])
+                row[j] = best - prefix[i]
+        tables.append(rows)
+        columns = [[rows[m][j] for m in range(n + 1)] for j in range(n + 1)]
+    return tables
+
+
+def chain_splits(advance_seconds: Sequence[float], checkpoints: int) -> tuple[float, tuple[int, ...]]:
+    """The binomial schedule of least recomputation time over blocks of unequal advance costs.
+
+    Dynamic programme of NOTE [ Binomial over unequal blocks ] (in this module); with equal costs
+    it makes as few forward evaluations as `binomial`.
+
+    Parameters
+    ----------
+    advance_seconds : sequence of float
+        Seconds to run each block without grad (``n`` entries, each finite and >= 0).
+    checkpoints : int
+        Most stored states at once, the initial state included; at least 1.
+
+    Returns
+    -------
+    (float, tuple of int)
+        The seconds spent in advances, and the split points for `binomial_splits` (``n - 1``
+        boundaries, pre-order).
+
+    Examples
+    --------
+    A costly first block is advanced once only; with equal costs the split would be at 2.
+
+    >>> chain_splits([10.0, 1.0, 1.0, 1.0], 2)
+    (13.0, (1, 3, 2))
+    >>> list(binomial_splits(4, 2, (1, 3, 2)))[:3]
+    [Advance(0, 3, save=(1,)), ForwardBackward(3), Advance(1, 2, save=())]
+    """
+    costs = _check_costs(advance_seconds)
+    c = _check_checkpoints(checkpoints)
+    n = len(costs)
+    prefix = [0.0]
+    for a in costs:
+        prefix.append(prefix[-1] + a)
+    levels = min(c, max(n - 2, 0))
+    tables = _chain_tables(prefix, n, levels)
+
+    def value(i: int, j: int, s: int) -> float:
+        if j - i == 1:
+            return 0.0
+        if s >= j - i - 1:
+            return prefix[j - 1] - prefix[i]
+        return tables[s][i][j]
+
+    splits: list[int] = []
+    stack = [(0, n, c)]
+    while stack:
+        i, j, s = stack.pop()
+        if j - i == 1:
+            continue
+        target = value(i, j, s)
+        if s >= j - i - 1:
+            m = i + 1  # every boundary fits: the blocks pattern, one block at a time
+        else:
+            # The same sums as the table, in the same order: the first minimiser is found exactly.
+            m = next(
+                m
+                for m in range(i + 1, j)
+                if (prefix[m] + tables[s - 1][m][j] + tables[s][i][m]) - prefix[i] == target
+            )
+        splits.append(m)
+        stack.append((i, m, s))
+        stack.append((m, j, s - 1))
+    return value(0, n, c), tuple(splits)
+
+
+def check_splits(n: int, checkpoints: int, splits: Any) -> tuple[int, ...]:
+    """``splits`` as a tuple of ints that `binomial_splits` can walk, or InvalidInputError saying why."""
+    n = _check_blocks(n)
+    c = _check_checkpoints(checkpoints)
+    hint = "use the splits that vlrnn_planner.strategies.chain_splits returns"
+    if isinstance(splits, (str, bytes)) or not isinstance(splits, Iterable):
+        raise InvalidInputError(f"vlrnn_planner: splits must be a sequence of ints, got {splits!r}; {hint}")
+    splits = tuple(splits)
+    for m in splits:
+        if isinstance(m, bool) or not isinstance(m, int):
+            raise InvalidInputError(f"vlrnn_planner: splits must hold ints, got {m!r}; {hint}")
+    if len(splits) != n - 1:
+        raise InvalidInputError(
+            f"vlrnn_planner: splits for {n} blocks need {n - 1} entries (one per split), got {len(splits)}; {hint}"
+        )
+    k = 0
+    stack = [(0, n, c)]
+    while stack:
+        i, j, s = stack.pop()
+        if j - i == 1:
+            continue
+        m = splits[k]
+        if not i < m < j:
+            raise InvalidInputError(
+                f"vlrnn_planner: split #{k} ({m}) must lie strictly inside blocks {i}..{j - 1}, "
+                f"between {i} and {j}; {hint}"
+            )
+        if j - m > 1 and s < 2:
+            raise InvalidInputError(
+                f"vlrnn_planner: split #{k} ({m}) stores boundary {m} for blocks {m}..{j - 1}, but "
+                f"{'no slot is' if s < 1 else 'only the one at ' + str(i) + ' is'} left of "
+                f"checkpoints={c} there; {hint}"
+            )
+        k += 1
+        stack.append((i, m, s))
+        stack.append((m, j, s - 1))
+    return splits
+
+
+def binomial_splits(n: int, checkpoints: int, splits: Sequence[int]) -> Iterator[Action]:
+    """The binomial pattern with explicit split points (as `chain_splits` returns), lazily.
+
+    Reversing blocks ``i .. j-1`` with ``s`` slots takes the next split ``m``: advance to ``m``
+    (storing it unless one block remains after it), reverse ``m .. j-1`` with ``s - 1`` slots,
+    then ``i .. m-1`` with ``s``. Never more than ``checkpoints`` stored states for valid splits
+    (`check_splits`); consecutive advances are merged.
+
+    Examples
+    --------
+    >>> list(binomial_splits(3, 1, (2, 1)))
+    [Advance(0, 2, save=()), ForwardBackward(2), Advance(0, 1, save=()), ForwardBackward(1), ForwardBackward(0), Free(0)]
+    """
+    n = _check_blocks(n)
+    _check_checkpoints(checkpoints)
+    return _merge_advances(_binomial_splits(n, iter(splits)))
+
+
+def _binomial_splits(n: int, splits: Iterator[int]) -> Iterator[Action]:
+    # Stack entries (LIFO): (a, b, stored): reverse blocks a..b-1 from the state at a.
+    stack: list[tuple[int, int, bool]] = [(0, n, True)]
+    while stack:
+        a, b, stored = stack.pop()
+        if b - a == 1:
+            yield ForwardBackward(a)
+            if stored:
+                yield Free(a)
+            continue
+        m = next(splits, None)
+        if m is None or not a < m < b:
+            raise InvalidInputError(
+                f"vlrnn_planner: splits ran out or left blocks {a}..{b - 1} (got {m!r}); "
+                "check them with vlrnn_planner.strategies.check_splits"
+            )
+        tail_stored = b - m > 1
+        yield Advance(a, m, (m,) if tail_stored else ())
+        stack.append((a, m, True))
+        stack.append((m, b, tail_stored))
+
+
+# --------------------------------------------------------------------------------------------
 # closed forms and dispatch
 
 
@@ -577,8 +807,8 @@ def max_stored_states(
 def generate(schedule: Any) -> Iterator[Action]:
     """The actions of ``schedule`` (a `vlrnn_planner.Schedule`), generated lazily.
 
-    Uses ``schedule.strategy``, ``schedule.num_blocks``, and ``schedule.checkpoints`` (binomial)
-    or ``schedule.levels`` (multilevel).
+    Uses ``schedule.strategy``, ``schedule.num_blocks``, and ``schedule.checkpoints`` (binomial,
+    with ``schedule.splits`` for `binomial_splits` where set) or ``schedule.levels`` (multilevel).
 
     Examples
     --------
@@ -594,6 +824,9 @@ def generate(schedule: Any) -> Iterator[Action]:
     if name == "multilevel":
         return multilevel(schedule.num_blocks, schedule.levels)
     if name == "binomial":
+        splits = getattr(schedule, "splits", ())
+        if splits:
+            return binomial_splits(schedule.num_blocks, schedule.checkpoints, splits)
         return binomial(schedule.num_blocks, schedule.checkpoints)
     raise InvalidInputError(
         f"vlrnn_planner: unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}"
