@@ -5,14 +5,43 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlrnn_planner.profile import CellProfile
+
 torch.set_default_dtype(torch.float64)
 
 ATOL = 1e-10
+
+# Roughly an LSTM of 2 x 256 on a CPU (numbers of the order the profiler measures).
+LSTM_PROFILE = CellProfile(
+    cell="LSTM(4, 256, num_layers=2)",
+    parameter_bytes=3_200_000,
+    gradient_bytes=3_200_000,
+    state_bytes_per_sample=4096.0,
+    state_bytes_fixed=5056.0,
+    input_bytes_per_step=16.0,
+    activation_bytes_per_step=20_000.0,
+    activation_bytes_fixed=1_000_000.0,
+    transient_bytes_per_step=3_000.0,
+    transient_bytes_fixed=500_000.0,
+    advance_seconds_per_step=4e-5,
+    advance_seconds_per_step_per_sample=5e-6,
+    fb_seconds_per_step=1e-4,
+    fb_seconds_per_step_per_sample=2e-5,
+    block_overhead_seconds=2e-4,
+)
 
 
 def sq_loss(outputs, targets):
     """A sum-reduced loss: the total over blocks equals the loss over the whole sequence."""
     return ((outputs - targets) ** 2).sum()
+
+
+def padded(lengths, feat):
+    """A time-major padded batch of random sequences of the given lengths (zeros past the end)."""
+    x = torch.zeros(max(lengths), len(lengths), feat)
+    for i, n in enumerate(lengths):
+        x[:n, i] = torch.randn(n, feat)
+    return x
 
 
 def grads_of(params):

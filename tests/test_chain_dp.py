@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import pytest
 import torch
-from conftest import assert_close_tree, assert_grads_close, grads_of, sq_loss
+from conftest import assert_close_tree, assert_grads_close, grads_of, padded, sq_loss
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -121,21 +121,14 @@ def test_json_round_trip():
     assert list(back.actions) == list(s.actions)
 
 
-def _padded(lengths, feat):
-    x = torch.zeros(max(lengths), len(lengths), feat)
-    for i, n in enumerate(lengths):
-        x[:n, i] = torch.randn(n, feat)
-    return x
-
-
 @pytest.mark.parametrize("c", [1, 2, 3])
 def test_executor_on_packed_sequence_matches_plain_bptt(c):
     torch.manual_seed(0)
     F, H = 3, 4
     lengths = [23, 17, 9, 4, 2]
     cell = nn.LSTM(F, H, 2)
-    x = pack_padded_sequence(_padded(lengths, F), lengths)
-    y = pack_padded_sequence(_padded(lengths, H), lengths)
+    x = pack_padded_sequence(padded(lengths, F), lengths)
+    y = pack_padded_sequence(padded(lengths, H), lengths)
     h0 = torch.randn(2, len(lengths), H, requires_grad=True)
     state = (h0, torch.randn(2, len(lengths), H))
     params = list(cell.parameters()) + [h0]

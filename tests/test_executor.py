@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close_tree, assert_grads_close, grads_of, sq_loss
+from conftest import assert_close_tree, assert_grads_close, grads_of, padded, sq_loss
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -414,13 +414,6 @@ def test_loss_head_inside_loss_fn_gets_grads_and_is_atomic():
 LENGTHS = [23, 17, 9, 4]
 
 
-def _padded(lengths, feat):
-    x = torch.zeros(max(lengths), len(lengths), feat)
-    for i, n in enumerate(lengths):
-        x[:n, i] = torch.randn(n, feat)
-    return x
-
-
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 @pytest.mark.parametrize("sort", [True, False])
 @pytest.mark.parametrize("with_state", [False, True])
@@ -428,8 +421,8 @@ def _padded(lengths, feat):
 def test_packed_sequences(mode, sort, with_state, block_length):
     lengths = LENGTHS if sort else [9, 23, 4, 17]
     cell = getattr(nn, mode)(F, H, 2)
-    x = pack_padded_sequence(_padded(lengths, F), lengths, enforce_sorted=sort)
-    y = pack_padded_sequence(_padded(lengths, H), lengths, enforce_sorted=sort)
+    x = pack_padded_sequence(padded(lengths, F), lengths, enforce_sorted=sort)
+    y = pack_padded_sequence(padded(lengths, H), lengths, enforce_sorted=sort)
     nb = len(lengths)
     state = None
     leaves = []
@@ -454,8 +447,8 @@ def test_packed_sequences(mode, sort, with_state, block_length):
 def test_packed_with_step_cell_and_final_loss(sort):
     lengths = LENGTHS if sort else [4, 17, 23, 9]
     cell = nn.LSTMCell(F, H)
-    x = pack_padded_sequence(_padded(lengths, F), lengths, enforce_sorted=sort)
-    y = pack_padded_sequence(_padded(lengths, H), lengths, enforce_sorted=sort)
+    x = pack_padded_sequence(padded(lengths, F), lengths, enforce_sorted=sort)
+    y = pack_padded_sequence(padded(lengths, H), lengths, enforce_sorted=sort)
     labels = torch.randn(len(lengths), H)
 
     def final_loss_fn(state):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close_tree, assert_grads_close, grads_of, sq_loss
+from conftest import LSTM_PROFILE, assert_close_tree, assert_grads_close, grads_of, padded, sq_loss
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -20,23 +20,8 @@ from vlrnn_planner.simulate import simulate_schedule
 F, H = 4, 5
 LENGTHS = [23, 17, 9, 4, 2]
 
-# Roughly an LSTM of 2 x 256 (as in test_planner), in whole numbers so that sums are exact.
-PROFILE = CellProfile(
-    parameter_bytes=3_200_000,
-    gradient_bytes=3_200_000,
-    state_bytes_per_sample=4096.0,
-    state_bytes_fixed=5056.0,
-    input_bytes_per_step=16.0,
-    activation_bytes_per_step=20_000.0,
-    activation_bytes_fixed=1_000_000.0,
-    transient_bytes_per_step=3_000.0,
-    transient_bytes_fixed=500_000.0,
-    advance_seconds_per_step=4e-5,
-    advance_seconds_per_step_per_sample=5e-6,
-    fb_seconds_per_step=1e-4,
-    fb_seconds_per_step_per_sample=2e-5,
-    block_overhead_seconds=2e-4,
-)
+# Roughly an LSTM of 2 x 256, in whole numbers so that sums are exact.
+PROFILE = LSTM_PROFILE
 
 
 def shrinking(seq_len: int, batch: int, power: float = 2.0) -> tuple[int, ...]:
@@ -118,13 +103,6 @@ def test_json_round_trip_with_boundaries():
     assert list(back.actions) == list(s.actions)
 
 
-def _padded(lengths, feat):
-    x = torch.zeros(max(lengths), len(lengths), feat)
-    for i, n in enumerate(lengths):
-        x[:n, i] = torch.randn(n, feat)
-    return x
-
-
 @pytest.mark.parametrize(
     ("strategy", "checkpoints", "boundaries"),
     [
@@ -139,8 +117,8 @@ def test_unequal_blocks_through_executor_match_plain_bptt(strategy, checkpoints,
     torch.manual_seed(0)
     lengths = LENGTHS if sort else [9, 23, 2, 17, 4]
     cell = nn.LSTM(F, H, 2)
-    x = pack_padded_sequence(_padded(lengths, F), lengths, enforce_sorted=sort)
-    y = pack_padded_sequence(_padded(lengths, H), lengths, enforce_sorted=sort)
+    x = pack_padded_sequence(padded(lengths, F), lengths, enforce_sorted=sort)
+    y = pack_padded_sequence(padded(lengths, H), lengths, enforce_sorted=sort)
     h0 = torch.randn(2, len(lengths), H, requires_grad=True)
     state = (h0, torch.randn(2, len(lengths), H))
     params = list(cell.parameters()) + [h0]
@@ -234,8 +212,8 @@ def test_backward_plans_a_packed_batch_with_unequal_blocks():
     torch.manual_seed(1)
     lengths = [40, 30, 6, 3, 2, 1]
     cell = nn.GRU(F, H)
-    x = pack_padded_sequence(_padded(lengths, F), lengths)
-    y = pack_padded_sequence(_padded(lengths, H), lengths)
+    x = pack_padded_sequence(padded(lengths, F), lengths)
+    y = pack_padded_sequence(padded(lengths, H), lengths)
     small = CellProfile(
         state_bytes_per_sample=40.0,
         activation_bytes_per_step=1000.0,

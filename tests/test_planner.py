@@ -7,26 +7,11 @@ import pytest
 import vlrnn_planner as vp
 from vlrnn_planner import CellProfile, InfeasibleBudgetError
 from vlrnn_planner.cost import Workload, estimate
+from conftest import LSTM_PROFILE
+
 from vlrnn_planner.planner import minimum_peak, plan_for_profile
 
-# Roughly an LSTM of 2 x 256 on a CPU (numbers of the order the profiler measures).
-LSTM = CellProfile(
-    cell="LSTM(4, 256, num_layers=2)",
-    parameter_bytes=3_200_000,
-    gradient_bytes=3_200_000,
-    state_bytes_per_sample=4096.0,
-    state_bytes_fixed=5056.0,
-    input_bytes_per_step=16.0,
-    activation_bytes_per_step=20_000.0,
-    activation_bytes_fixed=1_000_000.0,
-    transient_bytes_per_step=3_000.0,
-    transient_bytes_fixed=500_000.0,
-    advance_seconds_per_step=4e-5,
-    advance_seconds_per_step_per_sample=5e-6,
-    fb_seconds_per_step=1e-4,
-    fb_seconds_per_step_per_sample=2e-5,
-    block_overhead_seconds=2e-4,
-)
+LSTM = LSTM_PROFILE
 
 
 def test_store_all_when_it_fits():
