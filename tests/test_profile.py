@@ -27,7 +27,11 @@ def test_lstm_sizes_are_exact():
     # A block with grad holds at least the layer outputs it saves: 2 layers x 32 floats per step.
     assert p.activation_bytes_per_step >= 2 * 32 * e
     assert p.fb_seconds_per_step + p.fb_seconds_per_step_per_sample * 8 > 0
-    assert p.device_total_bytes is None and p.process_bytes is None  # CPU
+    assert p.process_bytes is None  # CPU: no per-process device footprint
+    if os.path.exists("/proc/meminfo"):  # the host's memory stands for the device's
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+        assert p.device_total_bytes == total and 0 < p.device_free_bytes <= total
     assert CellProfile.from_dict(p.to_dict()) == p
 
 
@@ -101,8 +105,11 @@ def test_cpu_path_says_nvml_is_absent(monkeypatch):
     assert p.measured_by.startswith("cpu")
     assert any("NVML unavailable" in n and "CPU path" in n for n in p.notes)
     assert "NVML unavailable" in str(p)
+    if p.available_bytes is not None:  # on CPU a share is of the host's available memory
+        assert vp.planner.plan_for_profile(p, "80%").budget_bytes == int(0.8 * p.device_free_bytes)
+    # Where the device reports no memory at all, a share cannot be resolved.
     with pytest.raises(vp.InvalidInputError, match="share"):
-        vp.planner.plan_for_profile(p, "80%")
+        vp.planner.plan_for_profile(CellProfile(), "80%")
 
 
 def test_auto_plan_through_a_backend():

@@ -95,7 +95,7 @@ class Budget:
         if available_bytes is None:
             raise InvalidInputError(
                 f"vlrnn_planner: the budget {self.spec!r} is a share of the device's memory, but "
-                "the profile reports no device memory (a CPU run, or NVML unavailable); pass a size "
+                "the profile reports no device memory (NVML unavailable, or a host that does not report its memory); pass a size "
                 'instead, such as budget="8GB"'
             )
         resolved = int(self.share * available_bytes)

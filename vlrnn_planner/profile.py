@@ -66,7 +66,8 @@ class CellProfile:
     block_overhead_seconds : float
         Fixed seconds per block evaluation (launches, Python, bookkeeping), whatever its length.
     device_total_bytes, device_free_bytes : int or None
-        The device's memory when profiled (None on CPU).
+        The device's memory when profiled: on a GPU from NVML (or the runtime), on CPU the host's
+        MemTotal and MemAvailable; None where the device does not say.
     process_bytes : int or None
         This process's whole footprint on the device, context included (None on CPU).
     allocator_reserved_bytes : int or None
@@ -138,7 +139,7 @@ class CellProfile:
     def available_bytes(self) -> int | None:
         """What this process could use on the device when profiled: free memory plus what its
         allocator already held (parameters and cached blocks, reusable by the training step).
-        None where the device reports no memory (CPU). A budget share resolves against this."""
+        None where the device reports no memory. A budget share resolves against this."""
         if self.device_free_bytes is None:
             return None
         return self.device_free_bytes + (self.allocator_reserved_bytes or 0)

@@ -514,6 +514,21 @@ def _describe(cell: nn.Module) -> str:
     return first if len(first) <= 100 else first[:97] + "..."
 
 
+def _host_memory() -> tuple[int | None, int | None]:
+    """The host's total and available memory (MemTotal, MemAvailable of /proc/meminfo), or Nones
+    where the kernel does not say."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        return None, None
+    return found.get("MemTotal"), found.get("MemAvailable")
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -709,6 +724,8 @@ def profile_cell(
             tr_slope, tr_fixed = output_bytes, 0.0
         # The executor keeps the CPU generator's state with each stored boundary.
         notes.append("each stored state also keeps the CPU RNG state")
+        # A share ("80%") on CPU resolves against the memory the kernel says is available.
+        total, free = _host_memory()
     state_fixed = 0.0 if cuda else float(torch.get_rng_state().numel())
 
     return CellProfile(
