@@ -143,3 +143,17 @@ def test_inputs_on_the_host_cell_on_the_gpu():
     result = vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss)
     assert result.state[0].is_cuda
     assert_grads_close(list(cell.parameters()), expected)
+
+
+def test_progress_is_reported_after_each_block():
+    cell = nn.GRU(F, H)
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    seen = []
+    result = vp.backward(
+        vp.fixed_plan(6, checkpoints=2), cell, x, targets=y, loss_fn=sq_loss,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    n = result.schedule.num_blocks
+    assert seen == [(i, n) for i in range(1, n + 1)]
+    with pytest.raises(vp.InvalidTypeError, match="progress must be callable"):
+        vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss, progress="tqdm")

@@ -64,6 +64,7 @@ def backward(
     final_loss_fn: Any = None,
     time_dim: int | None = None,
     scaler: Any = None,
+    progress: Any = None,
     backend: Backend | None = None,
 ) -> Result:
     """Run ``cell`` over ``inputs`` in blocks and backpropagate, exactly as plain BPTT would.
@@ -98,6 +99,9 @@ def backward(
         A gradient scaler for mixed precision (``torch.amp.GradScaler``): each block's loss is
         backpropagated as ``scaler.scale(loss)``; ``result.loss`` stays unscaled. The caller's
         ``autocast`` context applies to both passes alike.
+    progress : callable, optional
+        ``progress(blocks_done, num_blocks)``, called after each block is backpropagated, for
+        long runs.
     backend : Backend, optional
         Overrides backend discovery.
 
@@ -122,6 +126,13 @@ def backward(
     shape = backend.inspect(cell, inputs, **kwargs)
     if scaler is not None:
         kwargs["scaler"] = scaler
+    if progress is not None:
+        if not callable(progress):
+            raise InvalidTypeError(
+                f"vlrnn_planner: progress must be callable as progress(blocks_done, num_blocks), "
+                f"got {type(progress).__name__}"
+            )
+        kwargs["progress"] = progress
     if isinstance(plan, Schedule):
         if plan.seq_len != shape.seq_len:
             raise InvalidInputError(

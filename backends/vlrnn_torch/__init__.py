@@ -58,7 +58,7 @@ class TorchBackend:
         view = self._prepare(cell, inputs, **kwargs)
         return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes)
 
-    def execute(self, schedule, cell, inputs, *, scaler=None, **kwargs) -> Result:
+    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, **kwargs) -> Result:
         """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
         if scaler is not None and not callable(getattr(scaler, "scale", None)):
             raise InvalidTypeError(
@@ -74,4 +74,5 @@ class TorchBackend:
             loss_fn=kwargs["loss_fn"],
             final_loss_fn=kwargs["final_loss_fn"],
             scaler=scaler,
+            progress=progress,
         )

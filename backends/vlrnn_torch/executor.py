@@ -125,9 +125,10 @@ class _Run:
     """The state of one call of the interpreter."""
 
     def __init__(
-        self, schedule, view, *, cell, loss_fn, final_loss_fn, scaler, initial_state, cuda_devices, stash
+        self, schedule, view, *, cell, loss_fn, final_loss_fn, scaler, progress, initial_state, cuda_devices, stash
     ) -> None:
         self.schedule = schedule
+        self.progress = progress
         self.cell = cell
         self.scaler = scaler
         self.view = view
@@ -256,6 +257,8 @@ def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
     run.working = None
     run.next_block -= 1
     run.forward_evaluations += 1
+    if run.progress is not None:
+        run.progress(run.last - run.next_block, run.last + 1)
 
 
 @_apply.register
@@ -268,7 +271,9 @@ def _module_tensors(obj: Any) -> list[torch.Tensor]:
     return list(obj.parameters()) if isinstance(obj, nn.Module) else []
 
 
-def run_schedule(schedule, cell: nn.Module, view, *, state: Any, loss_fn, final_loss_fn, scaler=None) -> Result:
+def run_schedule(
+    schedule, cell: nn.Module, view, *, state: Any, loss_fn, final_loss_fn, scaler=None, progress=None
+) -> Result:
     """Carry out ``schedule``; see `vlrnn_planner.backward` for the contract."""
     state_leaves = [t for t in flatten(state)[0] if t is not None]
     cuda_devices = ()
@@ -292,6 +297,7 @@ def run_schedule(schedule, cell: nn.Module, view, *, state: Any, loss_fn, final_
             loss_fn=loss_fn,
             final_loss_fn=final_loss_fn,
             scaler=scaler,
+            progress=progress,
             initial_state=initial,
             cuda_devices=cuda_devices,
             stash=stash,
