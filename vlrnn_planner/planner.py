@@ -200,13 +200,12 @@ def _shapes(profile: CellProfile, workload: Workload, budget_bytes: int) -> Iter
     seq_len = workload.seq_len
     yield "store_all", seq_len, None
     state = profile.state_bytes_per_sample * workload.batch_size + profile.state_bytes_fixed
-    binomial = "binomial" in strategies.STRATEGIES
     for k in candidate_block_lengths(seq_len):
         n = math.ceil(seq_len / k)
         if n == 1:
             continue
         needed = strategies.max_stored_states("blocks", n)
-        if not binomial or state <= 0:
+        if state <= 0:
             yield "blocks", k, None
             continue
         # What the budget leaves for stored states at this K (one stored state priced here).
@@ -326,13 +325,12 @@ def solve(
 def minimum_peak(profile: CellProfile, workload: Workload) -> Estimate:
     """The schedule shape with the smallest predicted peak: the fewest stored states the
     strategies allow, with the block length that makes the rest smallest."""
-    binomial = "binomial" in strategies.STRATEGIES
     best = estimate(profile, workload, strategy="store_all", block_length=workload.seq_len)
     for k in candidate_block_lengths(workload.seq_len):
         n = math.ceil(workload.seq_len / k)
         if n == 1:
             continue
-        if binomial and n > 2:
+        if n > 2:
             e = estimate(profile, workload, strategy="binomial", block_length=k, checkpoints=1)
         else:
             e = estimate(profile, workload, strategy="blocks", block_length=k)
@@ -530,7 +528,6 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
     shrinking batch ]). ``widest``, the schedule planned as if every block were the widest, is
     priced block by block too, so the result is never slower than it."""
     profile, budget = plan.profile, plan.budget_bytes
-    binomial = "binomial" in strategies.STRATEGIES
     best: tuple[float, float, str, int | None, _Chain, int, tuple[int, ...]] | None = None
     if widest is not None and widest.strategy != "store_all":
         k, n = widest.block_length, widest.num_blocks
@@ -546,7 +543,7 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
         peak, seconds, at = chain.blocks_cost()
         shape: tuple[str, int | None] = ("blocks", None)
         if peak > budget:
-            if not binomial or n < 3 or chain.state <= 0:
+            if n < 3 or chain.state <= 0:
                 continue
             if best is not None and seconds >= best[0]:
                 continue  # binomial advances every block that blocks does, and more
