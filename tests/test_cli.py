@@ -295,6 +295,10 @@ def test_rnn_with_a_stand_in_planner(capsys, tmp_path, monkeypatch):
     assert doc.schedule == vp.fixed_plan(block_length=20).schedule(200, 2)
     code, out, err = run(capsys, "show", str(target))
     assert code == 0, err
+    # --inputs-on-host reaches the planner.
+    code, out, err = run(capsys, *RNN_ARGS, "--inputs-on-host")
+    assert code == 0, err
+    assert seen["kwargs"] == {"inputs_on_host": True}
 
 
 def test_rnn_infeasible_budget_is_one_line(capsys, monkeypatch):

@@ -1,6 +1,8 @@
 """The planner on synthetic profiles: budgets respected, monotone, infeasible below the minimum."""
 
 
+from dataclasses import replace
+
 import pytest
 
 import vlrnn_planner as vp
@@ -131,3 +133,37 @@ def test_plan_round_trips_with_profile():
 def test_needs_batch_size():
     with pytest.raises(vp.InvalidInputError, match="batch_size"):
         plan_for_profile(LSTM, "100MB").schedule(seq_len=100)
+
+
+def test_inputs_on_the_host_count_only_blocks_in_flight():
+    gpu = replace(LSTM, device="cuda:0")
+    w = dict(seq_len=10**6, batch_size=8)
+    on_device = plan_for_profile(gpu, "300MB").schedule(**w)
+    on_host = plan_for_profile(gpu, "300MB", inputs_on_host=True).schedule(**w)
+    inputs = dict(on_device.memory_parts)["inputs"]
+    assert inputs == 10**6 * 8 * LSTM.input_bytes_per_step  # the whole sequence is resident
+    # With the inputs on the host, two blocks of them: the one running and the next being copied.
+    assert dict(on_host.memory_parts)["inputs"] == 2 * on_host.block_length * 8 * LSTM.input_bytes_per_step
+    assert on_host.predicted_peak_bytes <= 300 * 10**6
+    assert on_host.predicted_seconds <= on_device.predicted_seconds  # the room goes to the blocks
+    # A budget below the resident inputs is infeasible on the device, feasible from the host.
+    small = inputs // 2
+    with pytest.raises(InfeasibleBudgetError, match="inputs_on_host=True"):
+        plan_for_profile(gpu, small).schedule(**w)
+    assert plan_for_profile(gpu, small, inputs_on_host=True).schedule(**w).predicted_peak_bytes <= small
+    # On the CPU the host is the device: the option is refused.
+    with pytest.raises(vp.InvalidInputError, match="needs a cell on an accelerator"):
+        plan_for_profile(LSTM, "300MB", inputs_on_host=True)
+
+
+def test_memory_parts_add_up_to_the_peak_for_shrinking_batches():
+    gpu = replace(LSTM, device="cuda:0", allocator_overhead_bytes=4096)
+    T, B = 5000, 64
+    sizes = tuple(max(1, -(-B * (T - t) ** 2 // T**2)) for t in range(T))
+    for host in (False, True):
+        s = plan_for_profile(gpu, "40MB", inputs_on_host=host).schedule(T, B, batch_sizes=sizes)
+        parts = dict(s.memory_parts)
+        assert sum(parts.values()) == s.predicted_peak_bytes <= 40 * 10**6
+        assert parts["allocator overhead"] == 4096
+        resident = 2 * max(sum(sizes[a:b]) for a, b in zip(s.boundaries, s.boundaries[1:])) if host else sum(sizes)
+        assert parts["inputs"] == resident * LSTM.input_bytes_per_step

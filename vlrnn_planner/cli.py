@@ -265,6 +265,8 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
     plan_kwargs: dict[str, Any] = {"budget": args.budget}
     if args.device is not None:
         plan_kwargs["device"] = args.device
+    if args.inputs_on_host:
+        plan_kwargs["inputs_on_host"] = True
     plan = auto_plan(module, **plan_kwargs)
     schedule = plan.schedule(args.seq_len, args.batch_size)
     _print_summary(plan, schedule, actions=args.actions, out=sys.stdout)
@@ -453,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive, required=True)
     p.add_argument("--budget", required=True, help='e.g. 8GB, 8GiB, 512MB, 80%% or a byte count')
     p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the planner's choice)")
+    p.add_argument(
+        "--inputs-on-host",
+        action="store_true",
+        help="the sequence stays in host memory and is copied to the device block by block",
+    )
     p.add_argument("--actions", type=_non_negative, default=20, help="actions to list (default 20)")
     p.add_argument("-o", "--output", default=None, help="write the plan and its schedule as JSON here")
     p.set_defaults(handler=_cmd_rnn)

@@ -80,6 +80,9 @@ class Workload:
         Sequences in the batch (the batch of the states).
     batch_sizes : tuple of int or None
         Sequences still running at each step, for packed batches sorted by decreasing length.
+    inputs_on_host : bool
+        The inputs and targets stay in host memory and are copied to the device block by block:
+        only the block in flight and the next one count against the device's budget.
 
     Examples
     --------
@@ -91,6 +94,7 @@ class Workload:
     seq_len: int
     batch_size: int
     batch_sizes: tuple[int, ...] | None = None
+    inputs_on_host: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_sizes is not None:
@@ -108,6 +112,14 @@ class Workload:
         if self.batch_sizes is None:
             return self.seq_len * self.batch_size
         return sum(self.batch_sizes)
+
+    def resident_input_sample_steps(self, block_sample_steps: int) -> int:
+        """Sample-steps of inputs (and targets) on the device while blocks of at most
+        ``block_sample_steps`` run: the whole sequence, or with the inputs on the host the block
+        in flight and the next one being copied."""
+        if not self.inputs_on_host:
+            return self.sample_steps
+        return min(self.sample_steps, 2 * block_sample_steps)
 
     def block_sample_steps(self, block_length: int) -> int:
         """The most sample-steps in any one block of ``block_length`` steps."""
@@ -226,7 +238,7 @@ def peak_memory(
     (5020, 2000)
     """
     state = profile.state_bytes_per_sample * workload.batch_size
-    samples = workload.sample_steps
+    samples = workload.resident_input_sample_steps(workload.block_sample_steps(block_length))
     block = block_bytes(profile, workload.block_sample_steps(block_length))
     parts = (
         ("parameters", int(profile.parameter_bytes)),

@@ -281,6 +281,7 @@ class Plan:
     budget_bytes: int | None = None
     profile: Any = None
     budget_spec: str | None = None
+    inputs_on_host: bool = False
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def schedule(

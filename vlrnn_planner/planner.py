@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import strategies
@@ -92,6 +93,7 @@ def auto_plan(
     example_target: Any = None,
     device: Any = None,
     time_dim: int | None = None,
+    inputs_on_host: bool = False,
     backend: Any = None,
 ) -> Plan:
     """Profile ``cell`` on its device and return a `Plan` that keeps to ``budget``.
@@ -119,6 +121,9 @@ def auto_plan(
         Where to profile; the cell's device by default.
     time_dim : int, optional
         The time axis of the inputs, where it is not the cell's convention.
+    inputs_on_host : bool, default False
+        The inputs and targets will stay in host memory while the cell is on an accelerator; the
+        executor copies them block by block, so only two blocks of them count against the budget.
     backend : optional
         Overrides backend discovery.
 
@@ -150,10 +155,12 @@ def auto_plan(
         device=device,
         time_dim=time_dim,
     )
-    return plan_for_profile(profile, parsed)
+    return plan_for_profile(profile, parsed, inputs_on_host=inputs_on_host)
 
 
-def plan_for_profile(profile: CellProfile, budget: int | float | str | Budget) -> Plan:
+def plan_for_profile(
+    profile: CellProfile, budget: int | float | str | Budget, *, inputs_on_host: bool = False
+) -> Plan:
     """A budget `Plan` from a profile measured earlier (no backend needed).
 
     Examples
@@ -170,9 +177,14 @@ def plan_for_profile(profile: CellProfile, budget: int | float | str | Budget) -
             f"vlrnn_planner: expected a CellProfile, got {type(profile).__name__}; "
             "the backend's profile() must return vlrnn_planner.CellProfile"
         )
+    if inputs_on_host and profile.device.startswith("cpu"):
+        raise InvalidInputError(
+            "vlrnn_planner: inputs_on_host=True needs a cell on an accelerator; on the CPU the "
+            "host's memory is the device's, so leave it False"
+        )
     parsed = parse_budget(budget)
     budget_bytes = parsed.resolve(available_bytes=profile.available_bytes)
-    return Plan(budget_bytes=budget_bytes, profile=profile, budget_spec=str(parsed))
+    return Plan(budget_bytes=budget_bytes, profile=profile, budget_spec=str(parsed), inputs_on_host=inputs_on_host)
 
 
 def candidate_block_lengths(seq_len: int) -> list[int]:
@@ -296,6 +308,7 @@ def solve(
         seq_len=seq_len,
         batch_size=batch_size,
         batch_sizes=None if batch_sizes is None else tuple(batch_sizes),
+        inputs_on_host=plan.inputs_on_host,
     )
     budget = plan.budget_bytes
     baseline = estimate(profile, workload, strategy="store_all", block_length=seq_len)
@@ -339,12 +352,12 @@ def minimum_peak(profile: CellProfile, workload: Workload) -> Estimate:
     return best
 
 
-def _largest_fitting_batch(profile: CellProfile, seq_len: int, budget: int, upper: int) -> int:
-    """The largest batch below ``upper`` whose minimum peak fits ``budget`` (0 if none)."""
-    lo, hi = 0, upper - 1
+def _largest_fitting_batch(profile: CellProfile, workload: Workload, budget: int) -> int:
+    """The largest batch below ``workload``'s whose minimum peak fits ``budget`` (0 if none)."""
+    lo, hi = 0, workload.batch_size - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if minimum_peak(profile, Workload(seq_len=seq_len, batch_size=mid)).peak_bytes <= budget:
+        if minimum_peak(profile, replace(workload, batch_size=mid)).peak_bytes <= budget:
             lo = mid
         else:
             hi = mid - 1
@@ -357,7 +370,7 @@ def _infeasible(plan: Plan, workload: Workload, budget: int) -> InfeasibleBudget
     parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in least.memory_parts if size)
     advice = [f"raise the budget to at least {format_bytes(least.peak_bytes)}"]
     if workload.batch_sizes is None and workload.batch_size > 1:
-        fits = _largest_fitting_batch(profile, workload.seq_len, budget, workload.batch_size)
+        fits = _largest_fitting_batch(profile, workload, budget)
         if fits >= 1:
             advice.append(f"lower the batch size from {workload.batch_size} to {fits} or less")
         else:
@@ -369,7 +382,10 @@ def _infeasible(plan: Plan, workload: Workload, budget: int) -> InfeasibleBudget
         )
     inputs = dict(least.memory_parts).get("inputs", 0) + dict(least.memory_parts).get("targets", 0)
     if inputs > least.peak_bytes / 2:
-        advice.append("keep the inputs and targets on the host, or shorten the sequences")
+        if workload.inputs_on_host or profile.device.startswith("cpu"):
+            advice.append("shorten the sequences")
+        else:
+            advice.append("keep the inputs and targets on the host (auto_plan(..., inputs_on_host=True)), or shorten the sequences")
     return InfeasibleBudgetError(
         f"vlrnn_planner: no schedule fits the budget of {format_bytes(budget)} for T={workload.seq_len} "
         f"steps at batch {workload.batch_size}; the smallest predicted peak is "
@@ -395,20 +411,21 @@ class _Chain:
     backward, the block overhead included).
     """
 
-    __slots__ = ("bounds", "state", "base", "blocks", "advance", "fb", "_advance_prefix")
+    __slots__ = ("bounds", "state", "base_parts", "base", "blocks", "advance", "fb", "_advance_prefix")
 
     def __init__(self, profile: CellProfile, workload: Workload, bounds: Sequence[int], prefix: Sequence[int]) -> None:
         p = profile
         self.bounds = tuple(bounds)
         self.state = p.state_bytes_per_sample * workload.batch_size + p.state_bytes_fixed
-        samples = workload.sample_steps
-        self.base = (
-            int(p.parameter_bytes)
-            + int(p.gradient_bytes)
-            + math.ceil(p.input_bytes_per_step * samples)
-            + math.ceil(p.target_bytes_per_step * samples)
-            + int(p.allocator_overhead_bytes)
+        widest = max(prefix[b] - prefix[a] for a, b in zip(self.bounds, self.bounds[1:]))
+        samples = workload.resident_input_sample_steps(widest)
+        self.base_parts = (
+            ("parameters", int(p.parameter_bytes)),
+            ("gradients", int(p.gradient_bytes)),
+            ("inputs", math.ceil(p.input_bytes_per_step * samples)),
+            ("targets", math.ceil(p.target_bytes_per_step * samples)),
         )
+        self.base = sum(size for _, size in self.base_parts) + int(p.allocator_overhead_bytes)
         self.blocks = []
         self.advance = []
         self.fb = []
@@ -583,20 +600,15 @@ def _solve_shrinking(plan: Plan, workload: Workload, baseline: float, widest: Sc
     seconds, peak, strategy, checkpoints, chain, at, splits = best
     bounds = chain.bounds
     p = profile
-    samples = workload.sample_steps
-    base_parts = (
-        ("parameters", int(p.parameter_bytes)),
-        ("gradients", int(p.gradient_bytes)),
-        ("inputs", math.ceil(p.input_bytes_per_step * samples)),
-        ("targets", math.ceil(p.target_bytes_per_step * samples)),
-    )
     working = math.ceil(2 * chain.state)
     block = chain.blocks[at]
-    parts = base_parts + (
+    parts = chain.base_parts + (
         ("stored states", math.ceil(peak) - chain.base - working - block),
         ("working state and its gradient", working),
         ("block in flight", block),
     )
+    if p.allocator_overhead_bytes:
+        parts += (("allocator overhead", int(p.allocator_overhead_bytes)),)
     lengths = {b - a for a, b in zip(bounds, bounds[1:-1])}
     uniform = len(lengths) <= 1 and bounds[-1] - bounds[-2] <= bounds[1]
     return Schedule(
