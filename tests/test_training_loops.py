@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -157,3 +158,69 @@ def test_progress_is_reported_after_each_block():
     assert seen == [(i, n) for i in range(1, n + 1)]
     with pytest.raises(vp.InvalidTypeError, match="progress must be callable"):
         vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss, progress="tqdm")
+
+
+class OOMAbove(nn.Module):
+    """An RNN that 'runs out of memory' on any block longer than ``limit`` steps."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(F, H)
+        self.limit = limit
+
+    def forward(self, x, h):
+        if x.size(0) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.rnn(x, h)
+
+
+def _oom_plan():
+    from vlrnn_planner.planner import plan_for_profile
+
+    profile = vp.CellProfile(state_bytes_per_sample=64.0, activation_bytes_per_step=1000.0,
+                             fb_seconds_per_step=1e-4, advance_seconds_per_step=4e-5)
+    return plan_for_profile(profile, "1MB")
+
+
+def test_out_of_memory_is_retried_with_a_smaller_schedule():
+    T2 = 200
+    cell = OOMAbove(limit=120)
+    x, y = torch.randn(T2, B, F), torch.randn(T2, B, H)
+    out, _ = cell.rnn(x)
+    sq_loss(out, y).backward()
+    expected = grads_of(list(cell.parameters()))
+    cell.zero_grad(set_to_none=True)
+    plan = _oom_plan()
+    assert plan.schedule(T2, B).strategy == "store_all"  # the prediction says it all fits
+    with pytest.warns(RuntimeWarning, match="out of memory with store_all") as caught:
+        result = vp.backward(plan, cell, x, targets=y, loss_fn=sq_loss)
+    assert result.schedule.block_length <= 120 and len(caught) >= 1
+    assert_grads_close(list(cell.parameters()), expected)  # counted once, not once per try
+    # The plan keeps the schedule that fitted: the next call runs it without a retry.
+    assert plan.schedule(T2, B) is result.schedule
+    cell.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vp.backward(plan, cell, x, targets=y, loss_fn=sq_loss)
+    assert_grads_close(list(cell.parameters()), expected)
+
+
+def test_out_of_memory_is_not_retried_without_a_budget():
+    cell = OOMAbove(limit=3)
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    with pytest.raises(torch.OutOfMemoryError):
+        vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss)
+    assert all(p.grad is None for p in cell.parameters())
+    # With a budget plan that cannot shrink enough, the last error propagates, grads untouched.
+    hopeless = OOMAbove(limit=0)
+    with pytest.warns(RuntimeWarning, match="retrying") as caught, pytest.raises(torch.OutOfMemoryError):
+        vp.backward(_oom_plan(), hopeless, x, targets=y, loss_fn=sq_loss)
+    assert len(caught) == vp.OUT_OF_MEMORY_RETRIES
+    assert all(p.grad is None for p in hopeless.parameters())
+
+
+def test_cpu_allocation_failure_counts_as_out_of_memory():
+    backend = vlrnn_torch.TorchBackend()
+    assert backend.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes"))
+    assert backend.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not backend.is_out_of_memory(RuntimeError("size mismatch"))

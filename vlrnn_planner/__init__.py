@@ -7,6 +7,7 @@ are found through the entry-point group ``vlrnn_planner.backends``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .actions import Action, Advance, ForwardBackward, Free
@@ -25,6 +26,13 @@ from .planner import auto_plan
 from .profile import CellProfile
 
 __version__ = "0.1.0"
+
+# NOTE [ Out of memory ]
+# A call that runs out of memory leaves every .grad as it was (the executor's failure
+# atomicity), so a budget plan can try again: it plans to 3/4 of the failed schedule's predicted
+# peak (the prediction was too low by at least that much for this process), keeps the new
+# schedule for that shape, and warns. A fixed plan or a Schedule re-raises at once.
+OUT_OF_MEMORY_RETRIES = 2
 
 __all__ = [
     "Action",
@@ -73,7 +81,8 @@ def backward(
     non-leaf initial state) ends as ``loss.backward()`` on the store-everything computation would
     leave it, up to floating-point reassociation; gradients accumulate into existing ``.grad``.
     If anything raises during the call, every ``.grad`` is as it was before and the exception
-    propagates unchanged.
+    propagates unchanged; out of memory under a budget plan is retried with a smaller schedule
+    (NOTE [ Out of memory ]).
 
     Parameters
     ----------
@@ -140,6 +149,25 @@ def backward(
                 f"{shape.seq_len}; pass the Plan instead, or a schedule made for this length"
             )
         schedule = plan
-    else:
-        schedule = plan.schedule(shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes)
-    return backend.execute(schedule, cell, inputs, **kwargs)
+        return backend.execute(schedule, cell, inputs, **kwargs)
+    schedule = plan.schedule(shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes)
+    for attempt in range(OUT_OF_MEMORY_RETRIES + 1):
+        try:
+            return backend.execute(schedule, cell, inputs, **kwargs)
+        except Exception as exc:  # NOTE [ Out of memory ]
+            is_oom = getattr(backend, "is_out_of_memory", None)
+            if attempt == OUT_OF_MEMORY_RETRIES or not (callable(is_oom) and is_oom(exc)):
+                raise
+            smaller = plan.replan_smaller(schedule, batch_sizes=shape.batch_sizes)
+            if smaller is None:
+                raise
+            warnings.warn(
+                f"vlrnn_planner: out of memory with {schedule.strategy} K={schedule.block_length} "
+                f"(predicted peak {schedule.predicted_peak_bytes} bytes); gradients were restored, "
+                f"retrying with {smaller.strategy} K={smaller.block_length} (predicted peak "
+                f"{smaller.predicted_peak_bytes} bytes), which this plan keeps for this shape",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            schedule = smaller
+    raise AssertionError("unreachable")  # the loop returns or raises

@@ -312,12 +312,32 @@ class Plan:
             _positive_int("batch_size", batch_size, hint="pass the number of sequences in the batch")
         if self.budget_bytes is None:
             batch_sizes = None  # a fixed plan does not depend on how the batch shrinks
-        key = (seq_len, batch_size, None if batch_sizes is None else tuple(batch_sizes))
+        key = self._key(seq_len, batch_size, batch_sizes)
         cached = self._cache.get(key)
         if cached is None:
             cached = self._resolve(seq_len, batch_size, batch_sizes)
             self._cache[key] = cached
         return cached
+
+    @staticmethod
+    def _key(seq_len: int, batch_size: int | None, batch_sizes) -> tuple:
+        return (seq_len, batch_size, None if batch_sizes is None else tuple(batch_sizes))
+
+    def replan_smaller(self, failed: Schedule, *, batch_sizes: Sequence[int] | None = None) -> Schedule | None:
+        """After ``failed`` ran out of memory: a schedule planned to 3/4 of its predicted peak,
+        remembered for its shape from now on; None if nothing fits that or this plan has no budget.
+        """
+        if self.budget_bytes is None or failed.predicted_peak_bytes is None:
+            return None
+        smaller = replace(self, budget_bytes=failed.predicted_peak_bytes * 3 // 4, _cache={})
+        from .errors import InfeasibleBudgetError
+
+        try:
+            schedule = smaller.schedule(failed.seq_len, failed.batch_size, batch_sizes=batch_sizes)
+        except InfeasibleBudgetError:
+            return None
+        self._cache[self._key(failed.seq_len, failed.batch_size, batch_sizes)] = schedule
+        return schedule
 
     def _resolve(self, seq_len: int, batch_size: int | None, batch_sizes) -> Schedule:
         if self.budget_bytes is not None:

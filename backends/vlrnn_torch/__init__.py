@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from vlrnn_planner.backends import Result, SequenceShape
@@ -34,6 +35,12 @@ class TorchBackend:
 
     def accepts(self, cell: Any) -> bool:
         return isinstance(cell, nn.Module)
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the device ran out of memory (CUDA, or the CPU allocator)."""
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+        return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
     def _prepare(self, cell, inputs, *, targets, loss_fn, state, final_loss_fn, time_dim):
         adapter = adapt(cell, time_dim=time_dim)

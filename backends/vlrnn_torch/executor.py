@@ -308,11 +308,13 @@ def run_schedule(
             raise ScheduleError(
                 f"vlrnn_planner: the schedule ended with block {run.next_block} not backpropagated"
             )
-    except BaseException:
+    except BaseException as exc:
         stash.rollback()
         if run is not None:
             run.release()
         rng_before.restore()
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the cached blocks back for a retry
         raise
     stash.commit()
     run.rng_end.restore()
