@@ -91,6 +91,7 @@ class SequenceModule(nn.Module):
 class Adapter:
     """How to run one cell over a block. Build with `adapt`."""
 
+    #: "sequence" (a module over blocks), "rnn" (nn.RNN/LSTM/GRU) or "step" (run step by step).
     kind: str = "sequence"
 
     def __init__(self, cell: nn.Module, *, time_dim: int, state_batch_dim: int) -> None:
@@ -111,6 +112,8 @@ class Adapter:
 
 class _RNNAdapter(Adapter):
     """nn.RNN / nn.LSTM / nn.GRU: unbatched 2-D inputs are time-major whatever batch_first says."""
+
+    kind = "rnn"
 
     def default_time_dim(self, inputs: torch.Tensor) -> int:
         return 0 if inputs.dim() == 2 else self.time_dim

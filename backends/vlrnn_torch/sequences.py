@@ -148,7 +148,7 @@ def _time_dim(adapter: Adapter, inputs: torch.Tensor, time_dim: int | None) -> i
             f"(shape {tuple(inputs.shape)}); pass time_dim= pointing at the time axis"
         )
     dim %= inputs.dim()
-    if adapter.kind != "step" and type(adapter).__name__ == "_RNNAdapter" and inputs.dim() < 2:
+    if adapter.kind == "rnn" and inputs.dim() < 2:
         raise InvalidInputError(
             f"vlrnn_torch: inputs of shape {tuple(inputs.shape)} have no time axis: "
             f"{type(adapter.cell).__name__} takes (T, B, features), (B, T, features) with "
