@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 
-from .tree import flatten, unflatten
+from .tree import run_on_leading_rows
 
 __all__ = ["StepCell", "SequenceModule", "Adapter", "adapt"]
 
@@ -149,21 +149,7 @@ class _StepAdapter(Adapter):
         for rows in batch_sizes.tolist():
             x_t = data[offset : offset + rows]
             offset += rows
-            leaves, spec = flatten(state)
-            full = next((t.size(dim) for t in leaves if t is not None), rows)
-            if rows < full:
-                active = unflatten(spec, [None if t is None else t.narrow(dim, 0, rows) for t in leaves])
-            else:
-                active = state
-            out, new = self.step(x_t, active)
-            if rows < full:
-                new_leaves, _ = flatten(new)
-                merged = [
-                    n if n is None else torch.cat([n, old.narrow(dim, rows, old.size(dim) - rows)], dim)
-                    for n, old in zip(new_leaves, leaves)
-                ]
-                new = unflatten(spec, merged)
-            state = new
+            out, state = run_on_leading_rows(lambda active: self.step(x_t, active), state, dim, rows)
             outs.append(out)
         return torch.cat(outs, 0), state
 

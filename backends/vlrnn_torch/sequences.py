@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 
 from .cells import Adapter
-from .tree import flatten, unflatten
+from .tree import run_on_leading_rows, tree_map
 
 __all__ = ["DenseView", "PackedView", "make_view"]
 
@@ -92,42 +92,24 @@ class PackedView:
 
     def prepare_state(self, state: Any) -> Any:
         """The caller's initial state (caller's batch order) in sorted order."""
-        idx = self.inputs.sorted_indices
-        if state is None or idx is None:
-            return state
-        leaves, spec = flatten(state)
-        return unflatten(spec, [None if t is None else t.index_select(self.dim, idx.to(t.device)) for t in leaves])
+        return self._reorder(state, self.inputs.sorted_indices)
 
     def finalize_state(self, state: Any) -> Any:
         """A state in sorted order, back in the caller's batch order."""
-        idx = self.inputs.unsorted_indices
-        if state is None or idx is None:
+        return self._reorder(state, self.inputs.unsorted_indices)
+
+    def _reorder(self, state: Any, index: torch.Tensor | None) -> Any:
+        if state is None or index is None:
             return state
-        leaves, spec = flatten(state)
-        return unflatten(spec, [None if t is None else t.index_select(self.dim, idx.to(t.device)) for t in leaves])
+        return tree_map(lambda t: t.index_select(self.dim, index.to(t.device)), state)
 
     def run(self, start: int, stop: int, state: Any) -> tuple[Any, Any]:
-        rows = self.sizes[start]
         lo, hi = self.offsets[start], self.offsets[stop]
         data = _to(self.inputs.data[lo:hi], self.device)
         batch_sizes = self.inputs.batch_sizes[start:stop]
-        leaves, spec = flatten(state)
-        full = next((t.size(self.dim) for t in leaves if t is not None), rows)
-        if rows < full:
-            active = unflatten(spec, [None if t is None else t.narrow(self.dim, 0, rows) for t in leaves])
-        else:
-            active = state
-        out, new = self.adapter.run_packed(data, batch_sizes, active)
-        if rows < full:
-            new_leaves, new_spec = flatten(new)
-            new = unflatten(
-                new_spec,
-                [
-                    n if n is None else torch.cat([n, old.narrow(self.dim, rows, full - rows)], self.dim)
-                    for n, old in zip(new_leaves, leaves)
-                ],
-            )
-        return out, new
+        return run_on_leading_rows(
+            lambda active: self.adapter.run_packed(data, batch_sizes, active), state, self.dim, self.sizes[start]
+        )
 
     def block_targets(self, start: int, stop: int) -> Any:
         if self.targets is None:

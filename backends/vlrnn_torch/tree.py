@@ -14,7 +14,7 @@ import torch
 
 from vlrnn_planner.errors import InvalidTypeError
 
-__all__ = ["flatten", "unflatten", "tree_map", "check_state"]
+__all__ = ["flatten", "unflatten", "tree_map", "check_state", "run_on_leading_rows"]
 
 _LEAF = "leaf"
 
@@ -75,3 +75,23 @@ def check_state(obj: Any, *, what: str = "state") -> None:
         flatten(obj)
     except InvalidTypeError as exc:
         raise InvalidTypeError(f"vlrnn_torch: {what} is not a valid state: {exc}") from None
+
+
+def run_on_leading_rows(fn: Callable[[Any], tuple[Any, Any]], state: Any, dim: int, rows: int) -> tuple[Any, Any]:
+    """``fn`` on the first ``rows`` sequences of ``state`` (along ``dim``), the others passed through.
+
+    For packed batches sorted by decreasing length: ``fn(active_state) -> (outputs, new_state)``
+    runs the sequences still active; the finished ones keep their state, concatenated after the
+    new rows, so gradients reach both.
+    """
+    leaves, spec = flatten(state)
+    full = next((t.size(dim) for t in leaves if t is not None), rows)
+    if rows >= full:
+        return fn(state)
+    out, new = fn(unflatten(spec, [None if t is None else t.narrow(dim, 0, rows) for t in leaves]))
+    new_leaves, new_spec = flatten(new)
+    merged = [
+        n if n is None else torch.cat([n, old.narrow(dim, rows, full - rows)], dim)
+        for n, old in zip(new_leaves, leaves)
+    ]
+    return out, unflatten(new_spec, merged)
