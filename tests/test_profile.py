@@ -11,7 +11,6 @@ import torch
 
 import vlrnn_planner as vp
 from vlrnn_planner import CellProfile
-from vlrnn_torch import profiler
 from vlrnn_torch.profiler import NvmlInfo, profile_cell, query_nvml
 
 

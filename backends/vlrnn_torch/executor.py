@@ -37,7 +37,7 @@ from torch import nn
 
 from vlrnn_planner.actions import Advance, ForwardBackward, Free
 from vlrnn_planner.backends import Result
-from vlrnn_planner.errors import InvalidInputError, InvalidTypeError, ScheduleError
+from vlrnn_planner.errors import InvalidInputError, ScheduleError
 
 from .rng import RNGState, devices_of
 from .tree import flatten, tree_map, unflatten
