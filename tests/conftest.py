@@ -44,6 +44,21 @@ def padded(lengths, feat):
     return x
 
 
+def packed_reference(cell, x, y, state, params):
+    """Plain BPTT of ``cell`` over a packed batch: (loss, detached final state, grads of params).
+
+    Leaves every ``params`` grad at None afterwards, ready for the call under test.
+    """
+    out, final = cell(x, state)
+    loss = sq_loss(out.data, y.data)
+    loss.backward()
+    expected = grads_of(params)
+    for p in params:
+        p.grad = None
+    detached = final.detach() if isinstance(final, torch.Tensor) else tuple(t.detach() for t in final)
+    return loss.item(), detached, expected
+
+
 def grads_of(params):
     return [None if p.grad is None else p.grad.detach().clone() for p in params]
 

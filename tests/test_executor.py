@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close_tree, assert_grads_close, grads_of, padded, sq_loss
+from conftest import assert_close_tree, assert_grads_close, grads_of, packed_reference, padded, sq_loss
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -431,15 +431,10 @@ def test_packed_sequences(mode, sort, with_state, block_length):
         leaves = [h0]
         state = (h0, torch.randn(2, nb, H)) if mode == "LSTM" else h0
     params = list(cell.parameters()) + leaves
-    out, final = cell(x, state)
-    loss = sq_loss(out.data, y.data)
-    loss.backward()
-    expected = grads_of(params)
-    for p in params:
-        p.grad = None
+    loss, final, expected = packed_reference(cell, x, y, state, params)
     result = vp.backward(vp.fixed_plan(block_length), cell, x, targets=y, loss_fn=sq_loss, state=state)
-    assert math.isclose(result.loss, loss.item(), rel_tol=1e-12)
-    assert_close_tree(result.state, _detach(final))  # the caller's batch order
+    assert math.isclose(result.loss, loss, rel_tol=1e-12)
+    assert_close_tree(result.state, final)  # the caller's batch order
     assert_grads_close(params, expected)
 
 

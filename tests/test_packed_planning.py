@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import LSTM_PROFILE, assert_close_tree, assert_grads_close, grads_of, padded, sq_loss
+from conftest import LSTM_PROFILE, assert_close_tree, assert_grads_close, packed_reference, padded, sq_loss
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -122,16 +122,11 @@ def test_unequal_blocks_through_executor_match_plain_bptt(strategy, checkpoints,
     h0 = torch.randn(2, len(lengths), H, requires_grad=True)
     state = (h0, torch.randn(2, len(lengths), H))
     params = list(cell.parameters()) + [h0]
-    out, final = cell(x, state)
-    loss = sq_loss(out.data, y.data)
-    loss.backward()
-    expected = grads_of(params)
-    for p in params:
-        p.grad = None
+    loss, final, expected = packed_reference(cell, x, y, state, params)
     schedule = vp.Schedule(strategy, seq_len=23, block_length=1, checkpoints=checkpoints, boundaries=boundaries)
     result = vp.backward(schedule, cell, x, targets=y, loss_fn=sq_loss, state=state)
-    assert math.isclose(result.loss, loss.item(), rel_tol=1e-12, abs_tol=1e-10)
-    assert_close_tree(result.state, tuple(t.detach() for t in final))
+    assert math.isclose(result.loss, loss, rel_tol=1e-12, abs_tol=1e-10)
+    assert_close_tree(result.state, final)
     assert_grads_close(params, expected)
 
 
@@ -223,13 +218,9 @@ def test_backward_plans_a_packed_batch_with_unequal_blocks():
         block_overhead_seconds=1e-5,
     )
     plan = plan_for_profile(small, 30_000)
-    out, _ = cell(x)
-    loss = sq_loss(out.data, y.data)
-    loss.backward()
     params = list(cell.parameters())
-    expected = grads_of(params)
-    cell.zero_grad(set_to_none=True)
+    loss, _, expected = packed_reference(cell, x, y, None, params)
     result = vp.backward(plan, cell, x, targets=y, loss_fn=sq_loss)
     assert result.schedule.boundaries and result.schedule.num_blocks > 1
-    assert math.isclose(result.loss, loss.item(), rel_tol=1e-12)
+    assert math.isclose(result.loss, loss, rel_tol=1e-12)
     assert_grads_close(params, expected)
