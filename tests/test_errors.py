@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import vlrnn_planner as vp
+from vlrnn_torch import SequenceModule
 
 T, B, F, H = 10, 2, 3, 4
 
@@ -91,7 +92,7 @@ def test_time_dim_outside_the_inputs():
 def test_bad_state_and_loss_types():
     cell = nn.GRU(F, H)
     x = torch.randn(T, B, F)
-    with pytest.raises(vp.InvalidTypeError, match="initial state .* found str"):
+    with pytest.raises(vp.InvalidTypeError, match="initial state .* found a str"):
         vp.backward(vp.fixed_plan(2), cell, x, loss_fn=lambda o, t: o.sum(), state={"h": "zeros"})
     with pytest.raises(vp.InvalidTypeError, match="loss_fn must be callable"):
         vp.backward(vp.fixed_plan(2), cell, x, loss_fn=3)
@@ -114,8 +115,11 @@ def test_non_scalar_loss_leaves_grads_as_they_were():
 
 
 def test_packed_state_with_wrong_batch():
-    cell = nn.GRU(F, H)
     packed = pack_padded_sequence(torch.randn(4, 2, F), [4, 2])
+    with pytest.raises(vp.InvalidInputError, match=r"must have shapes \(1, 2, 4\)"):
+        vp.backward(vp.fixed_plan(2), nn.GRU(F, H), packed, loss_fn=lambda o, t: o.sum(), state=torch.zeros(1, 3, H))
+    # A custom cell: checked along its state_batch_dim.
+    cell = SequenceModule(nn.GRU(F, H), time_dim=0, state_batch_dim=1)
     with pytest.raises(vp.InvalidInputError, match="does not hold the packed batch's 2 sequences"):
         vp.backward(vp.fixed_plan(2), cell, packed, loss_fn=lambda o, t: o.sum(), state=torch.zeros(1, 3, H))
 
@@ -128,6 +132,8 @@ def test_schedule_for_another_length():
 
 def test_cell_returning_no_pair():
     class NoPair(nn.Module):
+        time_dim = 0
+
         def __init__(self):
             super().__init__()
             self.lin = nn.Linear(F, H)

@@ -47,6 +47,8 @@ def test_step_cell_and_custom_module():
     assert p.state_bytes_per_sample == 2 * 8 * e
 
     class Leaky(torch.nn.Module):
+        time_dim = 0
+
         def __init__(self):
             super().__init__()
             self.lin = torch.nn.Linear(3, 5)

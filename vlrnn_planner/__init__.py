@@ -18,8 +18,13 @@ from .errors import (
     InfeasibleBudgetError,
     InvalidInputError,
     InvalidTypeError,
+    NoGradientError,
+    NondeterministicCellError,
+    PerCallEffectError,
     PlannerError,
     ScheduleError,
+    TimeAxisError,
+    UnsupportedHookError,
 )
 from .plan import Plan, Schedule, fixed_plan
 from .planner import auto_plan
@@ -50,6 +55,11 @@ __all__ = [
     "InfeasibleBudgetError",
     "ScheduleError",
     "BackendNotFoundError",
+    "TimeAxisError",
+    "PerCallEffectError",
+    "UnsupportedHookError",
+    "NoGradientError",
+    "NondeterministicCellError",
     "Plan",
     "Schedule",
     "fixed_plan",
@@ -73,6 +83,7 @@ def backward(
     time_dim: int | None = None,
     scaler: Any = None,
     progress: Any = None,
+    verify: bool = True,
     backend: Backend | None = None,
 ) -> Result:
     """Run ``cell`` over ``inputs`` in blocks and backpropagate, exactly as plain BPTT would.
@@ -111,6 +122,10 @@ def backward(
     progress : callable, optional
         ``progress(blocks_done, num_blocks)``, called after each block is backpropagated, for
         long runs.
+    verify : bool, default True
+        Check that each block re-run with grad reproduces the state the no-grad pass computed
+        after it, and that a sequence module does nothing once per call that cutting the
+        sequence would change (see the backend's notes); refuse the call otherwise.
     backend : Backend, optional
         Overrides backend discovery.
 
@@ -135,6 +150,8 @@ def backward(
     shape = backend.inspect(cell, inputs, **kwargs)
     if scaler is not None:
         kwargs["scaler"] = scaler
+    if not verify:
+        kwargs["verify"] = False
     if progress is not None:
         if not callable(progress):
             raise InvalidTypeError(

@@ -14,6 +14,11 @@ __all__ = [
     "InfeasibleBudgetError",
     "ScheduleError",
     "BackendNotFoundError",
+    "TimeAxisError",
+    "PerCallEffectError",
+    "UnsupportedHookError",
+    "NoGradientError",
+    "NondeterministicCellError",
 ]
 
 
@@ -52,3 +57,30 @@ class InfeasibleBudgetError(PlannerError, ValueError):
         super().__init__(message)
         self.budget_bytes = int(budget_bytes)
         self.minimum_bytes = int(minimum_bytes)
+
+
+class TimeAxisError(InvalidInputError):
+    """The inputs' time axis is not declared, or two declarations of it disagree.
+
+    The time axis is never guessed: a module states it (``batch_first``, a ``time_dim``
+    attribute, the ``SequenceModule``/``StepCell`` wrappers) or the call gives ``time_dim``.
+    """
+
+
+class PerCallEffectError(InvalidInputError):
+    """The cell does something once per call (works in segments, draws masks shared over time,
+    updates buffers per call) that cutting the sequence into blocks would change."""
+
+
+class UnsupportedHookError(InvalidInputError):
+    """A hook would see something else under block BPTT than under ``loss.backward()``."""
+
+
+class NoGradientError(PlannerError, RuntimeError):
+    """Nothing in the call requires grad, so no gradient can flow (as ``loss.backward()`` would
+    complain of a loss without ``grad_fn``)."""
+
+
+class NondeterministicCellError(PlannerError, RuntimeError):
+    """A block re-run with grad did not reproduce what the no-grad pass computed, or the cell
+    carried a tensor with a graph from one block into another outside its state."""

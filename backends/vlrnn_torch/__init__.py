@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from vlrnn_planner.backends import Result, SequenceShape
-from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
+from vlrnn_planner.errors import InvalidTypeError
 
 from .cells import SequenceModule, StepCell, adapt
 from .executor import run_schedule
 from .profiler import profile_cell
 from .sequences import make_view
-from .tree import check_state, flatten
+from .tree import check_state
 
 __all__ = ["TorchBackend", "StepCell", "SequenceModule"]
 
@@ -43,43 +43,38 @@ class TorchBackend:
         return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
     def _prepare(self, cell, inputs, *, targets, loss_fn, state, final_loss_fn, time_dim):
-        adapter = adapt(cell, time_dim=time_dim)
+        adapter = adapt(cell)
         view = make_view(adapter, inputs, targets, time_dim)
         check_state(state, what="the initial state")
+        adapter.check_state(state, view.batch)
         for name, fn in (("loss_fn", loss_fn), ("final_loss_fn", final_loss_fn)):
             if fn is not None and not callable(fn):
                 raise InvalidTypeError(f"vlrnn_torch: {name} must be callable, got {type(fn).__name__}")
-        if view.batch_sizes is not None and state is not None:
-            dim = adapter.state_batch_dim
-            for t in flatten(state)[0]:
-                if t is not None and (t.dim() <= dim or t.size(dim) != view.batch_size):
-                    raise InvalidInputError(
-                        f"vlrnn_torch: the initial state has a tensor of shape {tuple(t.shape)} whose "
-                        f"batch axis {dim} does not hold the packed batch's {view.batch_size} sequences; "
-                        "give one state row per sequence, in the caller's batch order"
-                    )
-        return view
+        if state is not None:
+            view.check_initial_state(state)
+        return adapter, view
 
     def inspect(self, cell, inputs, **kwargs) -> SequenceShape:
         """Validate a call before any work; return its sequence's shape."""
-        view = self._prepare(cell, inputs, **kwargs)
+        _, view = self._prepare(cell, inputs, **kwargs)
         return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes)
 
-    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, **kwargs) -> Result:
+    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, **kwargs) -> Result:
         """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
         if scaler is not None and not callable(getattr(scaler, "scale", None)):
             raise InvalidTypeError(
                 f"vlrnn_torch: scaler must have a scale(loss) method (torch.amp.GradScaler), "
                 f"got {type(scaler).__name__}"
             )
-        view = self._prepare(cell, inputs, **kwargs)
+        adapter, view = self._prepare(cell, inputs, **kwargs)
         return run_schedule(
             schedule,
-            cell,
+            adapter,
             view,
             state=kwargs["state"],
             loss_fn=kwargs["loss_fn"],
             final_loss_fn=kwargs["final_loss_fn"],
             scaler=scaler,
             progress=progress,
+            verify=verify,
         )

@@ -29,6 +29,7 @@ The profiler never touches the cell's ``.grad``: gradients are taken with ``torc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -46,6 +47,7 @@ from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 from vlrnn_planner.profile import CellProfile
 
 from .cells import adapt
+from .effects import BufferReplay, GradStash
 from .tree import flatten, unflatten
 
 __all__ = ["profile_cell", "query_nvml", "NvmlInfo"]
@@ -199,6 +201,33 @@ def _resize(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return t.repeat(*reps).narrow(dim, 0, size).contiguous()
 
 
+@contextlib.contextmanager
+def _untouched(cell: nn.Module, loss_fn: Any, device: torch.device):
+    """Run the body, then put the cell (and a loss module) back as they were: parameter values,
+    buffers, training modes, ``.grad`` and hooks (NOTE [ Hooks ]), and the RNG."""
+    modules = [cell] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
+    params = [p for m in modules for p in m.parameters()]
+    with torch.no_grad():
+        values = [p.detach().to("cpu", copy=True) for p in params]
+    modes = [(m, m.training) for top in modules for m in top.modules()]
+    buffers = [BufferReplay(m) for m in modules]
+    stash = GradStash()
+    stash.add(params)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        stash.rollback()
+        for replay in buffers:
+            replay.restore(None)
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for p, v in zip(params, values):
+                if not torch.equal(p.detach().cpu(), v):
+                    p.copy_(v)
+
+
 class _Examples:
     """Makes (inputs, state, targets) for a block of K steps over B sequences."""
 
@@ -210,7 +239,7 @@ class _Examples:
         self.cell = cell
         self.device = device
         self.dtype = dtype
-        inner = getattr(cell, "module", cell) if type(cell).__name__ in ("DistributedDataParallel", "DataParallel") else cell
+        inner = adapter.inner
         self.inner = inner
         if example_input is None:
             if not isinstance(inner, (nn.RNNBase, nn.RNNCellBase)):
@@ -227,10 +256,11 @@ class _Examples:
                     f"vlrnn_torch: example_input must be a tensor, got {type(example_input).__name__}; "
                     "the profiler takes dense blocks (pad packed sequences for profiling)"
                 )
-            if example_input.dim() < 3:
+            if adapter.batch_dim(time_dim, example_input.dim()) is None:
                 raise InvalidInputError(
                     f"vlrnn_torch: example_input of shape {tuple(example_input.shape)} needs a time "
-                    "axis and a batch axis, e.g. (T, B, features); add a batch axis of 1 with unsqueeze"
+                    "axis and a batch axis, e.g. (T, B, features), or (B, T) token ids with "
+                    "time_dim=1; add a batch axis of 1 with unsqueeze"
                 )
             self.x0 = example_input.to(device)
             self.batch = example_input.size(self.batch_dim)
@@ -598,7 +628,7 @@ def profile_cell(
     started = time.perf_counter()
     if not isinstance(cell, nn.Module):
         raise InvalidTypeError(f"vlrnn_torch: cell must be a torch.nn.Module, got {type(cell).__name__}")
-    adapter = adapt(cell, time_dim=time_dim)
+    adapter = adapt(cell)
     params = [p for p in cell.parameters() if p.requires_grad]
     if loss_fn is not None and isinstance(loss_fn, nn.Module):
         params += [p for p in loss_fn.parameters() if p.requires_grad]
@@ -616,10 +646,14 @@ def profile_cell(
     floating = [p for p in all_params if p.is_floating_point()]
     dtype = floating[0].dtype if floating else (
         example_input.dtype if isinstance(example_input, torch.Tensor) else torch.get_default_dtype())
-    if time_dim is None:
-        tdim = adapter.time_dim
-    else:
-        tdim = time_dim
+    if example_input is None and adapter.kind != "rnn" and not isinstance(adapter.inner, nn.RNNCellBase):
+        raise InvalidInputError(
+            f"vlrnn_torch: cannot make example inputs for a {adapter.name}; pass example_input= (a "
+            "block of inputs with its time axis, e.g. shape (T, B, features), or (B, T) token ids "
+            "with time_dim=1) and, if the cell needs one, state= to auto_plan / profile_cell"
+        )
+    ndim = example_input.dim() if isinstance(example_input, torch.Tensor) else 3
+    tdim = adapter.resolve_time_dim(time_dim, ndim)
     examples = _Examples(cell, adapter, example_input=example_input, state=state,
                          example_target=example_target, device=dev, dtype=dtype, time_dim=tdim)
     cuda = dev.type == "cuda"
@@ -637,23 +671,25 @@ def profile_cell(
         else:
             notes.append(f"{nvml}: no GPU in use, the CPU path was taken")
 
-    runner = _Runner(adapter, params, loss_fn, examples, cuda, dev)
-    b_low, b_high = examples.batches()
-    k_low, k_high = BLOCK_LENGTHS
+    # NOTE [ Profiling leaves the cell as it was ]: parameters, buffers, training mode, .grad,
+    # hooks and the RNG are put back afterwards.
+    with _untouched(cell, loss_fn, dev):
+        runner = _Runner(adapter, params, loss_fn, examples, cuda, dev)
+        b_low, b_high = examples.batches()
+        k_low, k_high = BLOCK_LENGTHS
 
-    # Per-sequence sizes, from one small run.
-    with torch.no_grad():
-        x, st, y = runner.data(2, b_high)
-        outputs, out_state = adapter.run(x, st, tdim)
-    state_bytes = _nbytes(out_state) / b_high
-    output_bytes = _nbytes(outputs) / (2 * b_high)
-    input_bytes = _nbytes(x) / (2 * b_high)
-    target_bytes = 0.0 if y is None else _nbytes(y) / (2 * b_high)
-    if loss_fn is not None and example_target is None:
-        notes.append("loss_fn was profiled with targets=None (no example_target given)")
-    del x, st, y, outputs, out_state
+        # Per-sequence sizes, from one small run.
+        with torch.no_grad():
+            x, st, y = runner.data(2, b_high)
+            outputs, out_state = adapter.run(x, st, tdim)
+        state_bytes = _nbytes(out_state) / b_high
+        output_bytes = _nbytes(outputs) / (2 * b_high)
+        input_bytes = _nbytes(x) / (2 * b_high)
+        target_bytes = 0.0 if y is None else _nbytes(y) / (2 * b_high)
+        if loss_fn is not None and example_target is None:
+            notes.append("loss_fn was profiled with targets=None (no example_target given)")
+        del x, st, y, outputs, out_state
 
-    with torch.random.fork_rng(devices=[dev] if cuda else []):
         runner.fb(*runner.data(k_low, b_low))  # warm-up: lazy initialisation, thread pools
         points = [_Point(k, b) for b in (b_low, b_high) for k in (k_low, k_high)]
         for point in points:

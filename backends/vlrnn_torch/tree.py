@@ -1,50 +1,96 @@
-"""Nested states: flatten any nesting of tuples, lists and dicts of tensors, and rebuild it.
+"""Nested structures of tensors: states, and the inputs and targets of a call.
 
-A state is a tensor, None, or a tuple (named tuples included), list or dict of states. Leaves
-are tensors or None. `flatten` returns the leaves in a fixed order and a spec; `unflatten` puts
-(possibly new) leaves back in the same nesting.
+A structure is a leaf or a container of structures. Containers are any `collections.abc.Mapping`
+(dict, OrderedDict, a custom mapping) and any `collections.abc.Sequence` other than a string
+(tuple, list, named tuples, a custom sequence). Leaves are tensors and None; for inputs and targets
+a `PackedSequence` is a leaf too (it is a named tuple, so it must be named as such).
+`flatten` returns the leaves in a fixed depth-first order and a spec; `unflatten` rebuilds the
+same nesting, with the same container types, around (possibly new) leaves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
-from vlrnn_planner.errors import InvalidTypeError
+from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["flatten", "unflatten", "tree_map", "check_state", "run_on_leading_rows"]
+__all__ = ["flatten", "unflatten", "tree_map", "check_state", "same_layout", "layout", "run_on_leading_rows"]
 
 _LEAF = "leaf"
 
 
-def flatten(obj: Any) -> tuple[list[Any], Any]:
-    """The leaves of ``obj`` in depth-first order, and a spec for `unflatten`."""
+def flatten(obj: Any, *, packed_leaves: bool = False, what: str = "a state") -> tuple[list[Any], Any]:
+    """The leaves of ``obj`` in depth-first order, and a spec for `unflatten`.
+
+    Parameters
+    ----------
+    obj : structure
+        A tensor, None, or a Mapping or Sequence (not a string) of structures.
+    packed_leaves : bool, default False
+        Take a `PackedSequence` as a leaf (inputs and targets) rather than refuse it (states).
+    what : str
+        What ``obj`` is, for error messages.
+
+    Returns
+    -------
+    leaves : list
+        Tensors, None (and PackedSequences where allowed).
+    spec
+        The nesting, for `unflatten`.
+
+    Raises
+    ------
+    InvalidTypeError
+        For a leaf of another type, a string, or a PackedSequence where a state is expected.
+
+    Examples
+    --------
+    >>> import torch
+    >>> leaves, spec = flatten({"h": torch.zeros(2), "mem": [torch.ones(1), None]})
+    >>> len(leaves), unflatten(spec, leaves)["mem"][1] is None
+    (3, True)
+    """
     leaves: list[Any] = []
-    return leaves, _flatten(obj, leaves)
+    return leaves, _flatten(obj, leaves, packed_leaves, what)
 
 
-def _flatten(obj: Any, leaves: list[Any]) -> Any:
+def _flatten(obj: Any, leaves: list[Any], packed: bool, what: str) -> Any:
     if obj is None or isinstance(obj, torch.Tensor):
         leaves.append(obj)
         return _LEAF
-    if isinstance(obj, dict):
+    if isinstance(obj, PackedSequence):
+        if packed:
+            leaves.append(obj)
+            return _LEAF
+        raise InvalidTypeError(
+            f"vlrnn_torch: {what} holds a PackedSequence; a state holds tensors (one row per "
+            "sequence), so pass the packed batch as inputs and its initial state as tensors"
+        )
+    if isinstance(obj, Mapping):
         keys = tuple(obj.keys())
-        return (dict, type(obj), keys, tuple(_flatten(obj[k], leaves) for k in keys))
-    if isinstance(obj, (tuple, list)):
-        return (list if isinstance(obj, list) else tuple, type(obj), None, tuple(_flatten(v, leaves) for v in obj))
+        return (Mapping, type(obj), keys, tuple(_flatten(obj[k], leaves, packed, what) for k in keys))
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes, bytearray)):
+        return (Sequence, type(obj), None, tuple(_flatten(v, leaves, packed, what) for v in obj))
     raise InvalidTypeError(
-        f"vlrnn_torch: a state must be a tensor, None, or a tuple, list or dict of those; "
-        f"found {type(obj).__name__}"
+        f"vlrnn_torch: {what} must be a tensor, None, or a mapping or sequence of those; "
+        f"found a {type(obj).__name__}"
     )
 
 
-def unflatten(spec: Any, leaves: list[Any]) -> Any:
-    """Rebuild the nesting described by ``spec`` around ``leaves``."""
-    it = iter(leaves)
-    out = _unflatten(spec, it)
-    return out
+def unflatten(spec: Any, leaves: Sequence[Any]) -> Any:
+    """Rebuild the nesting described by ``spec`` around ``leaves``, with the same container types.
+
+    Raises
+    ------
+    InvalidTypeError
+        If a container type cannot be rebuilt from its items (a custom class whose constructor
+        takes something else).
+    """
+    return _unflatten(spec, iter(leaves))
 
 
 def _unflatten(spec: Any, it) -> Any:
@@ -52,29 +98,52 @@ def _unflatten(spec: Any, it) -> Any:
         return next(it)
     kind, cls, keys, children = spec
     values = [_unflatten(c, it) for c in children]
-    if kind is dict:
-        return cls(zip(keys, values)) if cls is not dict else dict(zip(keys, values))
-    if kind is list:
-        return cls(values) if cls is not list else values
-    if cls is tuple:
-        return tuple(values)
-    if hasattr(cls, "_fields"):  # named tuple
-        return cls(*values)
-    return cls(values)
+    try:
+        if kind is Mapping:
+            return dict(zip(keys, values)) if cls is dict else cls(zip(keys, values))
+        if cls is list or cls is tuple:
+            return cls(values)
+        if hasattr(cls, "_fields"):  # a named tuple
+            return cls(*values)
+        return cls(values)
+    except Exception as exc:  # the container's own constructor refused its items
+        raise InvalidTypeError(
+            f"vlrnn_torch: cannot rebuild a {cls.__name__} from its items ({type(exc).__name__}: {exc}); "
+            "use a dict, list, tuple or named tuple for the state, or give the class a constructor "
+            "that takes its items"
+        ) from None
 
 
-def tree_map(fn: Callable[[Any], Any], obj: Any) -> Any:
-    """Apply ``fn`` to every tensor leaf of ``obj`` (None leaves stay None)."""
-    leaves, spec = flatten(obj)
+def tree_map(fn: Callable[[Any], Any], obj: Any, *, packed_leaves: bool = False) -> Any:
+    """Apply ``fn`` to every non-None leaf of ``obj``; None leaves stay None."""
+    leaves, spec = flatten(obj, packed_leaves=packed_leaves)
     return unflatten(spec, [None if x is None else fn(x) for x in leaves])
 
 
-def check_state(obj: Any, *, what: str = "state") -> None:
-    """Raise `InvalidTypeError` naming where ``obj`` holds something other than tensors."""
-    try:
-        flatten(obj)
-    except InvalidTypeError as exc:
-        raise InvalidTypeError(f"vlrnn_torch: {what} is not a valid state: {exc}") from None
+def check_state(obj: Any, *, what: str = "the state") -> None:
+    """Raise `InvalidTypeError` where ``obj`` is not a state, or cannot be rebuilt."""
+    leaves, spec = flatten(obj, what=what)
+    unflatten(spec, leaves)
+
+
+def layout(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The nesting of a state (mappings with their keys, sequences with their lengths, whatever
+    their types: ``nn.LSTM`` takes a list and returns a tuple) and the shape and dtype of each
+    leaf: what must not change from one block to the next."""
+    leaves, spec = flatten(obj)
+    return _kinds(spec), tuple(None if t is None else (tuple(t.shape), t.dtype) for t in leaves)
+
+
+def _kinds(spec: Any) -> Any:
+    if spec == _LEAF:
+        return spec
+    kind, _, keys, children = spec
+    return (kind.__name__, keys, tuple(_kinds(c) for c in children))
+
+
+def same_layout(a: Any, b: Any) -> bool:
+    """Whether two states have the same nesting, container types, leaf shapes and dtypes."""
+    return layout(a) == layout(b)
 
 
 def run_on_leading_rows(fn: Callable[[Any], tuple[Any, Any]], state: Any, dim: int, rows: int) -> tuple[Any, Any]:
@@ -83,6 +152,22 @@ def run_on_leading_rows(fn: Callable[[Any], tuple[Any, Any]], state: Any, dim: i
     For packed batches sorted by decreasing length: ``fn(active_state) -> (outputs, new_state)``
     runs the sequences still active; the finished ones keep their state, concatenated after the
     new rows, so gradients reach both.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(active_state) -> (outputs, new_active_state)``.
+    state : structure or None
+        Every sequence's state, batch along ``dim``.
+    dim : int
+        The batch axis of the state's tensors.
+    rows : int
+        How many leading sequences are active.
+
+    Returns
+    -------
+    outputs, state
+        ``fn``'s outputs, and the state of every sequence.
     """
     leaves, spec = flatten(state)
     full = next((t.size(dim) for t in leaves if t is not None), rows)
@@ -90,6 +175,11 @@ def run_on_leading_rows(fn: Callable[[Any], tuple[Any, Any]], state: Any, dim: i
         return fn(state)
     out, new = fn(unflatten(spec, [None if t is None else t.narrow(dim, 0, rows) for t in leaves]))
     new_leaves, new_spec = flatten(new)
+    if new_spec != spec:
+        raise InvalidInputError(
+            "vlrnn_torch: the cell returned a state of another structure than it was given; a "
+            "cell must return its state in the nesting it received"
+        )
     merged = [
         n if n is None else torch.cat([n, old.narrow(dim, rows, full - rows)], dim)
         for n, old in zip(new_leaves, leaves)
