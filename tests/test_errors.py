@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc
+
 import pytest
 import torch
 from conftest import sq_loss
@@ -148,3 +150,176 @@ def test_cell_returning_no_pair():
 def test_not_a_module():
     with pytest.raises(vp.BackendNotFoundError, match="no backend accepts a cell of type function"):
         vp.backward(vp.fixed_plan(2), lambda x, h: (x, h), torch.randn(T, B, F), loss_fn=lambda o, t: o.sum())
+
+
+# ---- bad input of every kind: our error, before any work ------------------------------------
+
+
+def _refused(error, match, cell, x, **kwargs):
+    before = _snapshot(cell)
+    rng = torch.get_rng_state()
+    kwargs.setdefault("loss_fn", lambda o, t: o.sum())
+    with pytest.raises(error, match=match) as info:
+        vp.backward(vp.fixed_plan(3), cell, x, **kwargs)
+    assert isinstance(info.value, vp.PlannerError)
+    _check_untouched(cell, before)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize(
+    ("cell", "state", "match"),
+    [
+        (nn.LSTM(F, H), torch.zeros(1, B, H), r"pair \(h_0, c_0\) .* got one tensor"),
+        (nn.GRU(F, H), (torch.zeros(1, B, H),), r"one tensor h_0 .* got a tuple"),
+        (nn.GRU(F, H), torch.zeros(1, B + 1, H), r"shapes \(1, 2, 4\)"),
+        (nn.LSTM(F, H), (torch.zeros(1, B, H), torch.zeros(1, B, H + 1)), r"shapes \(1, 2, 4\) and \(1, 2, 4\)"),
+        (nn.LSTMCell(F, H), torch.zeros(B, H), r"pair \(h, c\)"),
+        (nn.GRUCell(F, H), torch.zeros(B + 3, H), r"shapes \(2, 4\)"),
+    ],
+)
+def test_state_of_the_wrong_structure_or_size(cell, state, match):
+    _refused(vp.InvalidInputError, match, cell, torch.randn(T, B, F), state=state)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM(F, H), nn.GRUCell(F, H)])
+def test_inputs_of_the_wrong_feature_size_or_dtype(cell):
+    _refused(vp.InvalidInputError, "expects 3 input features", cell, torch.randn(T, B, F + 2))
+    _refused(vp.InvalidInputError, "floating-point inputs, got torch.int64", cell, torch.randint(0, 5, (T, B, F)))
+
+
+def test_inputs_on_the_meta_device_and_empty_packed_batches():
+    _refused(vp.InvalidInputError, "meta device", nn.GRU(F, H), torch.empty(T, B, F, device="meta"))
+    empty = torch.nn.utils.rnn.PackedSequence(torch.empty(0, F), torch.empty(0, dtype=torch.int64))
+    _refused(vp.InvalidInputError, "no steps", nn.GRU(F, H), empty)
+
+
+def test_a_packed_sequence_as_state():
+    packed = pack_padded_sequence(torch.randn(4, 2, H), [4, 2])
+    _refused(vp.InvalidTypeError, "holds a PackedSequence", nn.GRU(F, H), torch.randn(T, B, F), state=packed)
+
+
+class Trimming(nn.Module):
+    """Returns a state of one row fewer than it was given."""
+
+    time_dim = 0
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(F, H)
+
+    def forward(self, x, h):
+        out, h = self.rnn(x, h)
+        return out, h[:, :-1]
+
+
+class PackedOut(nn.Module):
+    time_dim = 0
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(F, H)
+
+    def forward(self, x, h):
+        out, h = self.rnn(x, h)
+        return pack_padded_sequence(out, [x.size(0)] * x.size(1)), h
+
+
+class NoOutputs(nn.Module):
+    time_dim = 0
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(F, H)
+
+    def forward(self, x, h):
+        return None, self.rnn(x, h)[1]
+
+
+def test_cells_that_return_something_else():
+    x = torch.randn(T, B, F)
+    _refused(vp.InvalidInputError, "another structure or shape", Trimming(), x, state=torch.zeros(1, B, H))
+    _refused(vp.InvalidTypeError, "PackedSequence for dense inputs", PackedOut(), x)
+    _refused(vp.InvalidInputError, "no outputs", NoOutputs(), x)
+    # Without loss_fn, outputs are not needed (a loss on the final state only).
+    vp.backward(vp.fixed_plan(3), NoOutputs(), x, final_loss_fn=lambda s: s.sum())
+
+
+def test_a_budget_too_large_to_represent():
+    for budget in ("1e400GB", 2**80, float("inf"), "nan"):
+        with pytest.raises(vp.InvalidInputError):
+            vp.parse_budget(budget)
+
+
+class Pair(collections.abc.Sequence):
+    """A sequence type of the user's own, as a state container."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __len__(self):
+        return len(self.items)
+
+
+class Frozen(collections.abc.Mapping):
+    """A mapping type of the user's own, as a state container."""
+
+    def __init__(self, items):
+        self._d = dict(items)
+
+    def __getitem__(self, k):
+        return self._d[k]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self):
+        return len(self._d)
+
+
+class CustomContainers(nn.Module):
+    time_dim = 0
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.GRU(F, H)
+        self.b = nn.RNN(F, H)
+
+    def forward(self, x, state):
+        out_a, ha = self.a(x, state["a"])
+        out_b, hb = self.b(x, state["b"][0])
+        return out_a + out_b, Frozen({"a": ha, "b": Pair([hb])})
+
+
+def test_any_mapping_or_sequence_as_a_state_container():
+    cell = CustomContainers()
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    state = Frozen({"a": torch.randn(1, B, H), "b": Pair([torch.randn(1, B, H)])})
+    params = list(cell.parameters())
+    out, final = cell(x, state)
+    sq_loss(out, y).backward()
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    result = vp.backward(vp.fixed_plan(3), cell, x, targets=y, loss_fn=sq_loss, state=state)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, atol=1e-10, rtol=0)
+    assert isinstance(result.state, Frozen) and isinstance(result.state["b"], Pair)
+    torch.testing.assert_close(result.state["b"][0], final["b"][0].detach())
+
+
+def test_a_container_that_cannot_be_rebuilt():
+    class Odd(collections.abc.Sequence):
+        def __init__(self, a, b):
+            self.items = [a, b]
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+        def __len__(self):
+            return 2
+
+    _refused(vp.InvalidTypeError, "cannot rebuild a Odd", nn.GRU(F, H), torch.randn(T, B, F),
+             state=Odd(torch.zeros(1, B, H), None))

@@ -227,3 +227,43 @@ def test_cpu_allocation_failure_counts_as_out_of_memory():
     assert backend.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes"))
     assert backend.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert not backend.is_out_of_memory(RuntimeError("size mismatch"))
+
+
+def _dropout_reference(cell, x, y, block_length, device):
+    """The same blocks run once with grad, the graph kept, each block entered with its RNG state
+    set again (which is what makes cuDNN draw its dropout state afresh: NOTE [ RNG replay ])."""
+    state, loss = None, 0.0
+    for start in range(0, x.size(0), block_length):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(torch.cuda.get_rng_state(device), device)
+        else:
+            torch.set_rng_state(torch.get_rng_state())
+        out, state = cell(x[start : start + block_length], state)
+        loss = loss + sq_loss(out, y[start : start + block_length])
+    loss.backward()
+    return loss.item()
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
+    ],
+)
+def test_dropout_masks_of_blocks_inside_an_advance_match_their_recomputation(device):
+    """On cuDNN the masks come from a dropout state that setting the generator reseeds; both passes
+    enter every block alike, so a block advanced inside a longer no-grad run is recomputed with
+    its own masks (blocks of 4 steps, an advance over several blocks)."""
+    device = torch.device(device)
+    cell = nn.LSTM(F, H, 3, dropout=0.5).to(device)
+    x, y = torch.randn(T, B, F, device=device), torch.randn(T, B, H, device=device)
+    params = list(cell.parameters())
+    torch.manual_seed(11)
+    loss = _dropout_reference(cell, x, y, 4, device)
+    expected = grads_of(params)
+    cell.zero_grad(set_to_none=True)
+    torch.manual_seed(11)
+    result = vp.backward(vp.fixed_plan(4), cell, x, targets=y, loss_fn=sq_loss)
+    assert math.isclose(result.loss, loss, rel_tol=1e-9)
+    assert_grads_close(params, expected, atol=1e-8)

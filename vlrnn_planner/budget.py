@@ -113,6 +113,10 @@ class Budget:
         return self.spec or format_bytes(self.bytes)
 
 
+# The largest budget: what a signed 64-bit byte count holds (frameworks count bytes in int64).
+MAX_BUDGET_BYTES = 2**63 - 1
+
+
 def _reject(spec: Any, why: str) -> InvalidInputError:
     return InvalidInputError(f"vlrnn_planner: invalid budget {spec!r}: {why}; pass {ACCEPTED_FORMS}")
 
@@ -133,8 +137,9 @@ def parse_budget(spec: Any) -> Budget:
     Raises
     ------
     InvalidInputError
-        (a ValueError) for anything else: an unknown unit, a size below one byte, zero, a negative
-        number, NaN or infinity, a share above 100 %, a bool, a float above 1.
+        (a ValueError) for anything else: an unknown unit, a size below one byte or above
+        ``2**63 - 1`` bytes, zero, a negative number, NaN or infinity, a share above 100 %, a bool,
+        a float above 1.
 
     Examples
     --------
@@ -162,6 +167,8 @@ def parse_budget(spec: Any) -> Budget:
     if isinstance(spec, int):
         if spec < 1:
             raise _reject(spec, "a size must be at least 1 byte")
+        if spec > MAX_BUDGET_BYTES:
+            raise _reject(spec, "larger than any device's memory can be counted (2**63 - 1 bytes)")
         return Budget(bytes=spec, spec=format_bytes(spec))
     if isinstance(spec, float):
         if not math.isfinite(spec) or not 0.0 < spec <= 1.0:
@@ -193,6 +200,8 @@ def parse_budget(spec: Any) -> Budget:
     size = round(value)
     if size < 1:
         raise _reject(spec, "a size must be at least 1 byte")
+    if size > MAX_BUDGET_BYTES:
+        raise _reject(spec, "larger than any device's memory can be counted (2**63 - 1 bytes)")
     return Budget(bytes=size, spec=spec.strip())
 
 

@@ -28,8 +28,8 @@ Buffers (BatchNorm's running statistics, a spectral norm's power-iteration vecto
 cell runs. Like the RNG (NOTE [ RNG replay ]), they are recorded at every stored boundary and set
 back before a block is recomputed, so that the recomputation sees what the first pass saw, and
 after the call they hold what they held after the last block's forward: what one forward pass
-leaves. Only buffers that changed since the call began are copied at a boundary; the ones that
-did not are restored from one copy taken at the start.
+leaves. Every buffer is copied at each stored boundary (kernels update some in place without a
+trace), so the planner counts the cell's buffer bytes with each stored state.
 
 NOTE [ Parametrizations ]
 -------------------------
@@ -99,6 +99,10 @@ class GradStash:
                 tensor_hooks.clear()
             if post:
                 post_hooks.clear()
+
+    def received(self) -> bool:
+        """Whether any leaf put aside has received a gradient during the call."""
+        return any(entry[0].grad is not None for entry in (*self._saved.values(), *self._merged.values()))
 
     def hooked(self) -> list[torch.Tensor]:
         """The leaves put aside that have hooks."""
@@ -180,50 +184,51 @@ class BufferReplay:
         self.entries: list[tuple[nn.Module, str]] = [
             (m, name) for m in module.modules() for name, b in m._buffers.items() if isinstance(b, torch.Tensor)
         ]
-        current = [m._buffers[name] for m, name in self.entries]
-        self.objects = current
-        self.versions = [b._version for b in current]
-        with torch.no_grad():
-            self.initial = [b.detach().clone() for b in current]
+        self.initial = self.capture()
+        self.start = self.initial
 
     def __bool__(self) -> bool:
         return bool(self.entries)
 
-    def _unchanged(self, i: int) -> bool:
-        m, name = self.entries[i]
-        now = m._buffers.get(name)
-        return now is self.objects[i] and now._version == self.versions[i]
+    def mark_start(self) -> None:
+        """Take the buffers now as the call's start (boundary 0), after what the call does once
+        before its blocks (computing parametrizations, NOTE [ Parametrizations ])."""
+        self.start = self.capture()
 
-    def capture(self) -> tuple[torch.Tensor | None, ...] | None:
-        """The buffers now: a copy of each one that changed since the call began (None for the
-        others), or None when nothing changed."""
+    def rollback(self) -> None:
+        """Set the buffers to what they were when this record was made."""
+        self.restore(self.initial)
+
+    def capture(self) -> tuple[torch.Tensor, ...] | None:
+        """A copy of every buffer now (None for a module without buffers).
+
+        Every buffer is copied: kernels such as ``batch_norm`` update running statistics in place
+        without bumping the tensor's version counter, so a change cannot be told cheaply."""
         if not self.entries:
             return None
         with torch.no_grad():
-            snap = tuple(None if self._unchanged(i) else m._buffers[name].detach().clone()
-                         for i, (m, name) in enumerate(self.entries))
-        return None if all(s is None for s in snap) else snap
+            return tuple(m._buffers[name].detach().clone() for m, name in self.entries)
 
-    def restore(self, snapshot: tuple[torch.Tensor | None, ...] | None) -> None:
-        """Set the buffers to ``snapshot`` (from `capture`; None: as at the start of the call)."""
+    def restore(self, snapshot: tuple[torch.Tensor, ...] | None) -> None:
+        """Set the buffers to ``snapshot`` (from `capture`; None: as at the start of the call).
+
+        The values are written through ``.data``, which leaves the buffers' version counters
+        alone: this rewinds the module to values a graph of this call may have saved (a cached
+        parametrization's), it is not an operation to differentiate."""
         if not self.entries:
             return
+        values = self.start if snapshot is None else snapshot
         with torch.no_grad():
-            for i, (m, name) in enumerate(self.entries):
-                value = self.initial[i] if snapshot is None or snapshot[i] is None else snapshot[i]
-                if (snapshot is None or snapshot[i] is None) and self._unchanged(i):
-                    continue
+            for (m, name), value in zip(self.entries, values):
                 now = m._buffers.get(name)
                 if isinstance(now, torch.Tensor) and now.shape == value.shape and now.dtype == value.dtype:
-                    now.copy_(value)
-                    if now is self.objects[i] and snapshot is None:
-                        self.versions[i] = now._version
+                    now.data.copy_(value)
                 else:
                     m._buffers[name] = value.clone()
 
-    def nbytes(self, snapshot: tuple[torch.Tensor | None, ...] | None) -> int:
-        """Bytes a snapshot keeps."""
-        return 0 if snapshot is None else sum(s.numel() * s.element_size() for s in snapshot if s is not None)
+    def nbytes(self) -> int:
+        """Bytes one snapshot keeps."""
+        return 0 if self.initial is None else sum(t.numel() * t.element_size() for t in self.initial)
 
 
 class ParametrizationCache:
@@ -302,7 +307,7 @@ def check_module_hooks(module: nn.Module, *, per_step: bool) -> None:
     if per_step:
         return
     for name, m in module.named_modules():
-        for kind, hooks in (("backward", m._backward_hooks), ("backward pre-", m._backward_pre_hooks)):
+        for kind, hooks in (("backward ", m._backward_hooks), ("backward pre-", m._backward_pre_hooks)):
             if hooks:
                 hook = next(iter(hooks.values()))
                 where = f"{type(m).__name__}" + (f" ({name})" if name else "")
@@ -312,7 +317,7 @@ def check_module_hooks(module: nn.Module, *, per_step: bool) -> None:
                     "the gradients. Remove it for this call, or register a tensor hook on the "
                     "parameters instead (those see the whole gradient once)"
                 )
-    for kind, hooks in (("backward", module_module._global_backward_hooks),
+    for kind, hooks in (("backward ", module_module._global_backward_hooks),
                         ("backward pre-", module_module._global_backward_pre_hooks)):
         if hooks:
             raise UnsupportedHookError(

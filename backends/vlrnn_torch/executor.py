@@ -68,7 +68,7 @@ from .cells import Adapter
 from .effects import BufferReplay, GradStash, ParametrizationCache, check_module_hooks, hooks_of
 from .probe import check_per_call_effects, tolerance
 from .rng import RNGState, devices_of
-from .tree import flatten, layout, tree_map, unflatten
+from .tree import flatten, tree_map, unflatten
 
 __all__ = ["run_schedule", "Observer"]
 
@@ -138,12 +138,6 @@ def _mismatch(expected: list[torch.Tensor], got: list[torch.Tensor], dtypes: lis
     return worst if worst is not None else torch.zeros((), dtype=torch.float64)
 
 
-def _shapes(state: Any) -> tuple[Any, tuple[Any, ...]]:
-    """A state's nesting and leaf shapes (dtypes may change under autocast)."""
-    spec, leaves = layout(state)
-    return spec, tuple(None if leaf is None else leaf[0] for leaf in leaves)
-
-
 def _state_dtypes(state: Any) -> list[torch.dtype]:
     return [t.dtype for t in flatten(state)[0] if t is not None]
 
@@ -182,8 +176,6 @@ class _Run:
         self.loss_rng: RNGState | None = None
         self.buffers_end: Any = None
         self.forward_evaluations = 0
-        self.any_roots = False
-        self.layout: Any = None if initial.state is None else _shapes(initial.state)
         self.expect: tuple[list[torch.Tensor], list[torch.dtype]] | None = None
         self.worst: torch.Tensor | None = None
         self.first_bad: torch.Tensor | None = None
@@ -209,19 +201,6 @@ class _Run:
         fingerprint."""
         return _Boundary(state, RNGState.capture(self.cuda_devices), self.buffers.capture(),
                          _fingerprint(state) if self.verify else None)
-
-    def check_state(self, state: Any, block: int) -> None:
-        """Refuse a state of another structure or shape than the cell was given (or returned before)."""
-        found = _shapes(state)
-        if self.layout is None:
-            self.layout = found
-        elif found != self.layout:
-            raise InvalidInputError(
-                f"vlrnn_torch: {self.adapter.name} returned from block {block} a state of another "
-                f"structure or shape than it was given (shapes {list(found[1])}, expected "
-                f"{list(self.layout[1])}); a cell must return its state in the nesting and sizes it "
-                "received, one row per sequence"
-            )
 
     def record_mismatch(self, block: int, state_out: Any, expect: Any) -> None:
         """Compare a recomputed state with the no-grad pass's fingerprint ``expect`` (NOTE
@@ -283,7 +262,6 @@ def _advance(action: Advance, run: _Run) -> None:
             if b > action.start:
                 RNGState.enter(run.cuda_devices)  # NOTE [ RNG replay ]
             _, state = run.view.run(*run.schedule.block_steps(b), state)
-            run.check_state(state, b)
             if b + 1 in saves:
                 run.stored[b + 1] = run.boundary(state)
     run.working = (action.stop, run.boundary(state))
@@ -338,7 +316,6 @@ def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
         with run.reads if not run.adapter.compiled else contextlib.nullcontext():
             outputs, state_out = run.view.run(start, stop, state_in)
         run.view.check_outputs(outputs, needed=run.loss_fn is not None)
-        run.check_state(state_out, b)
         if b == run.last:
             run.loss_rng = RNGState.capture(run.cuda_devices)  # NOTE [ RNG replay ]: the loss stream
             run.buffers_end = run.buffers.capture()
@@ -378,7 +355,6 @@ def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
     if b == 0 and run.sync:
         run.stash.merge(list(run.adapter.cell.parameters()))  # NOTE [ DistributedDataParallel ]
     if roots:
-        run.any_roots = True
         torch.autograd.backward(roots, grads)  # NOTE [ One traversal per block ]
     del roots, grads
     run.view.slices.collect()
@@ -450,6 +426,18 @@ def _check_ddp(adapter: Adapter, params: list[torch.Tensor]) -> bool:
                 f"vlrnn_torch: this DistributedDataParallel runs its reducer from hooks ({flag}), which "
                 "block BPTT would trigger once per block; use DDP's default reducer"
             )
+    if getattr(ddp, "static_graph", False):
+        raise InvalidInputError(
+            "vlrnn_torch: DistributedDataParallel(static_graph=True) expects one backward pass per "
+            "forward with the same graph each time, but block BPTT backpropagates block by block; "
+            "use static_graph=False (DDP's default)"
+        )
+    if adapter.kind == "step":
+        raise InvalidInputError(
+            f"vlrnn_torch: DistributedDataParallel wraps a step cell ({adapter.name}), so its forward "
+            "would run once per step before one backward, which DDP does not allow (nor does plain "
+            "BPTT with it); wrap a sequence module that runs the steps instead"
+        )
     sync = bool(getattr(ddp, "require_backward_grad_sync", True))
     if sync:
         for p in params:
@@ -549,6 +537,7 @@ def run_schedule(
             prepared = view.prepare_state(state)
         initial_state, state_pairs = _detach_state(prepared)
         parametrizations.enter()
+        buffers.mark_start()
         own = {id(p) for _, p in state_pairs} | {id(p) for p in parametrizations.proxies()}
         if verify:
             with torch.no_grad():
@@ -577,21 +566,20 @@ def run_schedule(
             hook.remove()
             hook = None
         run.raise_mismatch()
-        if not run.any_roots:
-            raise NoGradientError(
-                "vlrnn_torch: nothing in this call requires grad (no block's loss, no state), so no "
-                "gradient can flow, as loss.backward() would complain; check that the parameters "
-                "require grad and that loss_fn uses the outputs"
-            )
         own.update(id(p) for _, p in reads.proxies.values())
-        _backpropagate_upstream(run, state_pairs)
+        if not _backpropagate_upstream(run, state_pairs) and not stash.received():
+            raise NoGradientError(
+                "vlrnn_torch: nothing in this call requires grad (no parameter, input or initial "
+                "state that the loss depends on), so no gradient can flow, as loss.backward() would "
+                "complain; check that the parameters require grad and that loss_fn uses the outputs"
+            )
     except BaseException:
         stash.rollback()
         if hook is not None:
             hook.remove()
         if run is not None:
             run.release()
-        buffers.restore(None)
+        buffers.rollback()
         rng_before.restore()
         parametrizations.exit()
         view.slices.release()
@@ -605,7 +593,7 @@ def run_schedule(
         buffers.restore(run.buffers_end)
     else:
         stash.rollback()
-        buffers.restore(None)
+        buffers.rollback()
         rng_before.restore()
     total = 0.0 if run.total_loss is None else float(run.total_loss)
     result = Result(loss=total, state=run.final_state, schedule=schedule, forward_evaluations=run.forward_evaluations)
@@ -613,14 +601,16 @@ def run_schedule(
     return result
 
 
-def _backpropagate_upstream(run: _Run, state_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def _backpropagate_upstream(run: _Run, state_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
     """The last traversal: the gradients of the initial state, the inputs and the tensors taken
-    from outside the call, into their own graphs at once (NOTE [ One traversal per block ])."""
+    from outside the call, into their own graphs at once (NOTE [ One traversal per block ]).
+    Whether there was any."""
     pairs = [(t, p.grad) for t, p in state_pairs if p.grad is not None]
     pairs += run.view.slices.upstream() + run.reads.upstream() + run.parametrizations.upstream()
     pairs = [(t, g) for t, g in pairs if t.requires_grad]
     if not pairs:
-        return
+        return False
     roots = [t for t, _ in pairs]
     run.stash.add(_upstream_leaves(roots))
     torch.autograd.backward(roots, [g for _, g in pairs])
+    return True

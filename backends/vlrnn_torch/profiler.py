@@ -219,7 +219,7 @@ def _untouched(cell: nn.Module, loss_fn: Any, device: torch.device):
     finally:
         stash.rollback()
         for replay in buffers:
-            replay.restore(None)
+            replay.rollback()
         for m, mode in modes:
             m.training = mode
         with torch.no_grad():

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 
 from .cells import Adapter
-from .tree import flatten, run_on_leading_rows, tree_map, unflatten
+from .tree import flatten, run_on_leading_rows, shapes, tree_map, unflatten
 
 __all__ = ["DenseView", "PackedView", "make_view"]
 
@@ -134,6 +134,33 @@ def _cut(slices: _Slices, index: list[int | None], spec: Any, start: int, stop: 
     return unflatten(spec, [None if k is None else slices.block(k, start, stop) for k in index])
 
 
+class _StateLayout:
+    """What a cell's state looks like in this call: set by the initial state, or by the first
+    state the cell returns; every state the cell returns must look the same."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.expected: Any = None
+
+    def given(self, state: Any) -> None:
+        """Record the layout of a state handed to the cell, if none is known yet."""
+        if state is not None and self.expected is None:
+            self.expected = shapes(state)
+
+    def returned(self, state: Any, start: int) -> None:
+        """Refuse a state of another nesting or shape than the cell was given (or returned before)."""
+        found = shapes(state)
+        if self.expected is None:
+            self.expected = found
+        elif found != self.expected:
+            raise InvalidInputError(
+                f"vlrnn_torch: {self.name} returned from the block starting at step {start} a state of "
+                f"another structure or shape than it was given (shapes {list(found[1])}, expected "
+                f"{list(self.expected[1])}); a cell must return its state in the nesting and sizes "
+                "it received, one row per sequence"
+            )
+
+
 def _check_device(t: torch.Tensor, what: str) -> None:
     if t.device.type == "meta":
         raise InvalidInputError(
@@ -205,6 +232,7 @@ class DenseView:
         self._in_index = _index(in_leaves, tensors)
         self._tgt_index = _index(tgt_leaves, tensors)
         self.slices = _Slices(tensors, lambda t, a, b: t.narrow(dim, a, b - a), self.device)
+        self.layout = _StateLayout(adapter.name)
 
     def _batch(self, leaves: list[torch.Tensor], what: str) -> int | None:
         """The batch size the leaves agree on (None: unbatched), or an error."""
@@ -260,7 +288,10 @@ class DenseView:
         """Run the cell over steps ``[start, stop)`` from ``state``: ``(outputs, state)``; with
         ``bare``, the module behind its wrappers (no DDP synchronisation, no compilation)."""
         x = _cut(self.slices, self._in_index, self.in_spec, start, stop)
-        return self.adapter.run(x, state, self.time_dim, bare=bare)
+        self.layout.given(state)
+        out, state = self.adapter.run(x, state, self.time_dim, bare=bare)
+        self.layout.returned(state, start)
+        return out, state
 
     def block_targets(self, start: int, stop: int) -> Any:
         """The targets of steps ``[start, stop)``, as ``loss_fn`` receives them (None if none)."""
@@ -339,6 +370,7 @@ class PackedView:
         self._in_index = _index(in_leaves, tensors)
         self._tgt_index = _index(tgt_leaves, tensors)
         self.slices = _Slices(tensors, lambda t, a, b: t[offsets[a] : offsets[b]], self.device)
+        self.layout = _StateLayout(adapter.name)
 
     def prepare_state(self, state: Any) -> Any:
         """The caller's initial state (caller's batch order) in sorted order."""
@@ -360,10 +392,12 @@ class PackedView:
         batch_sizes = torch.tensor(self.sizes[start:stop], dtype=torch.int64)
         if state is not None:
             self._check_batch_axis(state, "holds")
+        self.layout.given(state)
         out, state = run_on_leading_rows(
             lambda active: self.adapter.run_packed(data, batch_sizes, active, bare=bare), state, self.dim,
             self.sizes[start],
         )
+        self.layout.returned(state, start)
         self._check_batch_axis(state, "the cell returned holds")
         return out, state
 

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["flatten", "unflatten", "tree_map", "check_state", "same_layout", "layout", "run_on_leading_rows"]
+__all__ = ["flatten", "unflatten", "tree_map", "check_state", "layout", "shapes", "run_on_leading_rows"]
 
 _LEAF = "leaf"
 
@@ -141,9 +141,10 @@ def _kinds(spec: Any) -> Any:
     return (kind.__name__, keys, tuple(_kinds(c) for c in children))
 
 
-def same_layout(a: Any, b: Any) -> bool:
-    """Whether two states have the same nesting, container types, leaf shapes and dtypes."""
-    return layout(a) == layout(b)
+def shapes(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """A state's nesting (as `layout`) and leaf shapes, without dtypes (autocast may change them)."""
+    spec, leaves = layout(obj)
+    return spec, tuple(None if leaf is None else leaf[0] for leaf in leaves)
 
 
 def run_on_leading_rows(fn: Callable[[Any], tuple[Any, Any]], state: Any, dim: int, rows: int) -> tuple[Any, Any]:
