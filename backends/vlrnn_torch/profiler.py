@@ -762,7 +762,9 @@ def profile_cell(
         notes.append("each stored state also keeps the CPU RNG state")
         # A share ("80%") on CPU resolves against the memory the kernel says is available.
         total, free = _host_memory()
-    state_fixed = 0.0 if cuda else float(torch.get_rng_state().numel())
+    # Kept with every stored state: the cell's buffers (NOTE [ Buffer replay ]) and, on the CPU
+    # (where the generator's state is on the device), the RNG state.
+    state_fixed = float(BufferReplay(adapter.inner).nbytes()) + (0.0 if cuda else float(torch.get_rng_state().numel()))
 
     return CellProfile(
         device=str(dev),
