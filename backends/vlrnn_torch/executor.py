@@ -148,7 +148,7 @@ class _Run:
     def __init__(self, schedule: Any, adapter: Adapter, view: Any, *, loss_fn: Any, final_loss_fn: Any,
                  scaler: Any, progress: Any, initial: _Boundary, cuda_devices: tuple[int, ...],
                  stash: GradStash, buffers: BufferReplay, reads: Reads, parametrizations: ParametrizationCache,
-                 verify: bool, sync: bool, observer: Observer | None, own: set[int]) -> None:
+                 verify: bool, sync: bool, own: set[int]) -> None:
         self.schedule = schedule
         self.adapter = adapter
         self.view = view
@@ -163,7 +163,6 @@ class _Run:
         self.parametrizations = parametrizations
         self.verify = verify
         self.sync = sync
-        self.observer = observer
         self.own = own
         self.block_own: set[int] = set()
         self.last = schedule.num_blocks - 1
@@ -552,8 +551,7 @@ def run_schedule(
         reads = Reads(sequence_marker(), lambda t: run is not None and run.is_own(t))
         run = _Run(schedule, adapter, view, loss_fn=loss_fn, final_loss_fn=final_loss_fn, scaler=scaler,
                    progress=progress, initial=initial, cuda_devices=cuda_devices, stash=stash, buffers=buffers,
-                   reads=reads, parametrizations=parametrizations, verify=verify, sync=sync,
-                   observer=observer, own=own)
+                   reads=reads, parametrizations=parametrizations, verify=verify, sync=sync, own=own)
         for action in schedule.actions:
             if observer is not None:
                 observer(action, "before")
