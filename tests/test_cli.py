@@ -132,6 +132,9 @@ def test_statistics_match_simulator():
     # a short last block counts its own steps
     stats = cli.schedule_statistics(vp.fixed_plan(block_length=10).schedule(seq_len=35))
     assert (stats.forward_evaluations, stats.evaluated_steps) == (7, 30 + 35)
+    # unequal blocks count their own steps: blocks 0..1 advanced (5 steps), all three backpropagated
+    stats = cli.schedule_statistics(vp.Schedule("blocks", seq_len=10, block_length=1, boundaries=(0, 2, 5, 10)))
+    assert (stats.forward_evaluations, stats.evaluated_steps) == (5, 15)
 
 
 # -- dot -------------------------------------------------------------------------------------

@@ -194,3 +194,9 @@ def test_core_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_invalid_schedule_with_sizes_is_a_schedule_error():
+    # A local name once shadowed the helper that lists the stored states: TypeError instead.
+    with pytest.raises(ScheduleError, match=r"action #2 ForwardBackward\(1\): reads the state at boundary 1"):
+        simulate([A(0, 2), B(2), B(1)], 3, state_bytes=10, block_bytes=100)

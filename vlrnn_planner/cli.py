@@ -106,7 +106,7 @@ def schedule_statistics(schedule) -> ScheduleStatistics:
     from .actions import Advance, ForwardBackward
     from .export import _memory_after_actions, walk
 
-    k, t = schedule.block_length, schedule.seq_len
+    t = schedule.seq_len
     actions = evaluations = steps = backward = most = 0
     memory = _memory_after_actions(schedule)
     peak = None
@@ -118,11 +118,12 @@ def schedule_statistics(schedule) -> ScheduleStatistics:
         action = step.action
         if isinstance(action, Advance):
             evaluations += action.stop - action.start
-            steps += min(action.stop * k, t) - action.start * k
+            steps += schedule.block_steps(action.stop - 1)[1] - schedule.block_steps(action.start)[0]
         elif isinstance(action, ForwardBackward):
             evaluations += 1
             backward += 1
-            steps += min((action.block + 1) * k, t) - action.block * k
+            start, stop = schedule.block_steps(action.block)
+            steps += stop - start
         most = max(most, step.stored_states)
     if peak is not None:
         peak = math.ceil(peak)

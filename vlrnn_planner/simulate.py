@@ -219,9 +219,9 @@ def _walk(
                 # The block's input state is held throughout; the gradient arriving at its
                 # output (with the activations) gives way, at the end of the traversal, to the
                 # gradient at its input: the action's peak is the larger of the two moments.
-                held = base_bytes + stored_bytes + (0 if block in stored else size(block))
+                holding = base_bytes + stored_bytes + (0 if block in stored else size(block))
                 delta = size(block) if block > 0 else 0
-                peak = held + max(activations(block) + size(block + 1), delta)
+                peak = holding + max(activations(block) + size(block + 1), delta)
                 after = base_bytes + stored_bytes + delta
             next_block -= 1
             working = None
