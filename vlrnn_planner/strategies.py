@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
-from .actions import Action, Advance, ForwardBackward, Free
+from .actions import Action, Advance, ForwardBackward, Free, join_saves
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = [
@@ -116,26 +116,25 @@ def _merge_advances(actions: Iterator[Action]) -> Iterator[Action]:
 
     ``Advance(a, b, save=S)`` followed by ``Advance(b, c, save=T)`` runs the same blocks from the
     same states as ``Advance(a, c, save=S + T)``: the second starts from the working state at
-    ``b`` (which is also stored if ``b`` is in ``S``).
+    ``b`` (which is also stored if ``b`` is in ``S``). Long saves stay runs (`join_saves`).
     """
-    pending: Advance | None = None  # the advance being extended
-    saves: list[int] | None = None  # its saves, once a second advance joined it
+    first: Advance | None = None  # the advance being extended
+    stop = 0  # where the advances joined to it stop
+    saves: list = []  # their saves
     for action in actions:
-        if pending is not None:
-            if type(action) is Advance and action.start == pending.stop:
-                if saves is None:
-                    saves = list(pending.save)
-                saves.extend(action.save)
-                pending = Advance(pending.start, action.stop, ())
+        if first is not None:
+            if type(action) is Advance and action.start == stop:
+                saves.append(action.save)
+                stop = action.stop
                 continue
-            yield pending if saves is None else Advance(pending.start, pending.stop, tuple(saves))
-            pending = saves = None
+            yield first if len(saves) == 1 else Advance(first.start, stop, join_saves(*saves))
+            first = None
         if type(action) is Advance:
-            pending = action
+            first, stop, saves = action, action.stop, [action.save]
         else:
             yield action
-    if pending is not None:
-        yield pending if saves is None else Advance(pending.start, pending.stop, tuple(saves))
+    if first is not None:
+        yield first if len(saves) == 1 else Advance(first.start, stop, join_saves(*saves))
 
 
 def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
@@ -144,7 +143,7 @@ def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
     The state at ``a`` is at hand (stored if ``stored``; it must be stored when ``length > 1``).
     """
     if length > 1:
-        yield Advance(a, a + length - 1, tuple(range(a + 1, a + length - 1)))
+        yield Advance(a, a + length - 1, range(a + 1, a + length - 1))
         yield ForwardBackward(a + length - 1)
         for b in range(a + length - 2, a, -1):
             yield ForwardBackward(b)
@@ -284,10 +283,9 @@ def _multilevel(n: int, levels: tuple[int, ...]) -> Iterator[Action]:
         count = -(-length // size)
         last_start = a + (count - 1) * size
         last = a + length - last_start
-        save = list(range(a + size, last_start, size))
-        if last > 1:
-            save.append(last_start)
-        yield Advance(a, last_start, tuple(save))
+        # The starts of the full pieces after the first, and of the last piece unless it is one
+        # block (run from the working state).
+        yield Advance(a, last_start, range(a + size, last_start + (1 if last > 1 else 0), size))
         stack.append(("pieces", a, size, count - 2, depth + 1))
         stack.append(("segment", last_start, last, depth + 1, last > 1))
 
