@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import tracemalloc
 
 import pytest
 
 import vlrnn_planner as vp
 from vlrnn_planner import cli, export
 from vlrnn_planner.errors import InfeasibleBudgetError, PlannerError
+from vlrnn_planner.simulate import predicted_memory, walk_schedule
 
 PARTS = (
     ("parameters", 1_000_000),
@@ -114,6 +116,38 @@ def test_show_plan_resolved_for_seq_len(capsys, files):
     assert "Schedule: blocks, T=30, K=10, 3 blocks, batch 5" in out
 
 
+@pytest.mark.parametrize(
+    "schedule, lines",
+    [
+        (
+            vp.Schedule("blocks", seq_len=10**9, block_length=1),
+            ["actions: 2000000000", "most stored states: 999999999",
+             "0  Advance(0, 999999999, save=(1, 2, 3, 4, 5, 6, ..., 999999997, 999999998))"],
+        ),
+        (
+            vp.Schedule("binomial", seq_len=10**15, block_length=1, checkpoints=3),
+            ["actions: 2000000000000000", "most stored states: 3", "1  ForwardBackward(999999999999999)  [3]"],
+        ),
+    ],
+    ids=["blocks-1e9", "binomial-1e15"],
+)
+def test_show_huge_schedules_from_closed_forms(capsys, tmp_path, schedule, lines):
+    # Every statistic has a closed form and the listing walks 20 actions without listing the
+    # stored states: no memory to speak of, whatever the schedule's length.
+    path = tmp_path / "huge.json"
+    path.write_text(schedule.to_json())
+    tracemalloc.start()
+    try:
+        code, out, err = run(capsys, "show", str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert peak < 4 * 2**20
+    for line in lines:
+        assert line in out
+
+
 def test_statistics_match_simulator():
     from vlrnn_planner.simulate import simulate_schedule
 
@@ -179,7 +213,7 @@ def test_plot_long_schedule_is_binned(capsys, tmp_path):
     assert in_bytes
     assert all(len(s.envelope.highs) <= 200 for s in series)
     assert max(series[0].envelope.highs) == max(
-        p for p, _ in export._memory_after_actions(schedule)
+        step.peak_bytes for step in walk_schedule(schedule, memory=predicted_memory(schedule))
     )
 
 

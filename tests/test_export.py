@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import networkx as nx
 import pytest
 
 import vlrnn_planner as vp
 from vlrnn_planner import export, strategies
-from vlrnn_planner.actions import Advance, ForwardBackward, Free
-from vlrnn_planner.errors import InvalidInputError, ScheduleError
+from vlrnn_planner.actions import Advance
+from vlrnn_planner.errors import InvalidInputError
 
 
 def full_schedule(**overrides) -> vp.Schedule:
@@ -302,16 +301,6 @@ def test_graph_isomorphic_after_round_trip(schedule):
     h = vp.Schedule.from_json(schedule.to_json()).graph()
     assert nx.is_isomorphic(g, h, node_match=dict.__eq__, edge_match=dict.__eq__)
     assert g.graph == h.graph
-
-
-def test_walk_rejects_reading_a_missing_state():
-    bogus = SimpleNamespace(actions=[Advance(0, 2, save=()), ForwardBackward(2), ForwardBackward(1)])
-    with pytest.raises(ScheduleError, match="boundary 1, which is neither stored nor the working state"):
-        list(export.walk(bogus))
-    with pytest.raises(ScheduleError, match="frees boundary 4"):
-        list(export.walk(SimpleNamespace(actions=[Free(4)])))
-    with pytest.raises(TypeError, match="unknown action"):
-        list(export.walk(SimpleNamespace(actions=["jump"])))
 
 
 # -- DOT -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ Only ``rnn`` imports torch, and only when it runs.
 from __future__ import annotations
 
 import argparse
-import math
+import itertools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 from .budget import format_bytes
 from .errors import PlannerError
+from .simulate import ScheduleStatistics, predicted_memory, schedule_statistics, walk_schedule
 
 __all__ = ["main", "ScheduleStatistics", "schedule_statistics"]
 
@@ -49,85 +50,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScheduleStatistics:
-    """What walking a schedule's actions tells.
-
-    Attributes
-    ----------
-    actions : int
-        Number of actions.
-    forward_evaluations : int
-        Block forward evaluations: blocks advanced without grad plus one per `ForwardBackward`.
-    evaluated_steps : int
-        Time steps evaluated by those block evaluations (a short last block counts its steps).
-    backward_blocks : int
-        Blocks backpropagated (`ForwardBackward` actions).
-    most_stored_states : int
-        Most stored states held at once (the initial state included, the working state not).
-    seq_len : int
-        Time steps of the sequence.
-    simulated_peak_bytes : int or None
-        The peak memory that the reference simulator finds action by action, where the schedule
-        carries a prediction (`vlrnn_planner.export.memory_model`); None otherwise.
-    """
-
-    actions: int
-    forward_evaluations: int
-    evaluated_steps: int
-    backward_blocks: int
-    most_stored_states: int
-    seq_len: int
-    simulated_peak_bytes: int | None = None
-
-    @property
-    def evaluations_per_step(self) -> float:
-        """Forward evaluations per time step: 1 for plain BPTT, about 2 for one level of blocks."""
-        return self.evaluated_steps / self.seq_len
-
-
-def schedule_statistics(schedule) -> ScheduleStatistics:
-    """Walk ``schedule``'s actions once and count.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import fixed_plan
-    >>> stats = schedule_statistics(fixed_plan(block_length=10).schedule(seq_len=35))
-    >>> stats.forward_evaluations, stats.evaluated_steps, stats.most_stored_states
-    (7, 65, 3)
-    """
-    from .actions import Advance, ForwardBackward
-    from .export import _memory_after_actions, walk
-
-    t = schedule.seq_len
-    actions = evaluations = steps = backward = most = 0
-    memory = _memory_after_actions(schedule)
-    peak = None
-    for step in walk(schedule):
-        if memory is not None:
-            during, _after = next(memory)
-            peak = during if peak is None else max(peak, during)
-        actions += 1
-        action = step.action
-        if isinstance(action, Advance):
-            evaluations += action.stop - action.start
-            steps += schedule.block_steps(action.stop - 1)[1] - schedule.block_steps(action.start)[0]
-        elif isinstance(action, ForwardBackward):
-            evaluations += 1
-            backward += 1
-            start, stop = schedule.block_steps(action.block)
-            steps += stop - start
-        most = max(most, step.stored_states)
-    if peak is not None:
-        peak = math.ceil(peak)
-    return ScheduleStatistics(actions, evaluations, steps, backward, most, t, peak)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,11 +149,9 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
         shown = min(actions, stats.actions)
         print(f"First {shown} of {stats.actions} actions (stored states after each):", file=out)
         width = len(str(max(shown - 1, 0)))
-        from .export import walk
-
-        for step in walk(schedule):
-            if step.index >= shown:
-                break
+        # Unchecked and without memory, the walk only counts the stored states: O(1) an action,
+        # however many states an action stores.
+        for step in itertools.islice(walk_schedule(schedule, check=False), shown):
             print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
 
 
@@ -330,18 +250,16 @@ class _Series:
 def _trace(schedule, points: int) -> tuple[list[_Series], bool]:
     """The memory over the schedule, binned: the predicted bytes at the peak of each action and
     held after it where the schedule carries a prediction, else the stored states after it."""
-    from .export import _memory_after_actions, walk
-
-    memory = _memory_after_actions(schedule)
+    memory = predicted_memory(schedule)
     if memory is not None:
         peaks = _Series("peak while each action runs", _Envelope(points), "#1f5fa8")
         held = _Series("held after each action", _Envelope(points), "#7f8c8d")
-        for peak, after in memory:
-            peaks.envelope.add(float(peak))
-            held.envelope.add(float(after))
+        for step in walk_schedule(schedule, memory=memory):
+            peaks.envelope.add(float(step.peak_bytes))
+            held.envelope.add(float(step.bytes_after))
         return [peaks, held], True
     stored = _Series("stored states after each action", _Envelope(points), "#1f5fa8")
-    for step in walk(schedule):
+    for step in walk_schedule(schedule):
         stored.envelope.add(float(step.stored_states))
     return [stored], False
 

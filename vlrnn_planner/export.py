@@ -42,29 +42,27 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from .actions import Action, Advance, ForwardBackward, Free
+from .actions import Action, Advance, ForwardBackward
 from .budget import format_bytes
-from .errors import InvalidInputError, ScheduleError
+from .errors import InvalidInputError
+from .simulate import predicted_memory, walk_schedule
 
 __all__ = [
     "FORMAT_PLAN",
     "FORMAT_SCHEDULE",
     "FORMAT_VERSION",
     "Document",
-    "Step",
     "load_document",
-    "memory_model",
     "plan_from_json",
     "plan_to_json",
     "schedule_from_json",
     "schedule_graph",
     "schedule_to_dot",
     "schedule_to_json",
-    "walk",
 ]
 
 FORMAT_SCHEDULE = "vlrnn-planner/schedule"
@@ -420,156 +418,12 @@ def plan_from_json(text: str | bytes):
     return _plan_document(_parse(text)).plan
 
 
-# ---------------------------------------------------------------------------------------------
-# Walking a schedule: which state each action reads and who produced it
-# ---------------------------------------------------------------------------------------------
-
-
-class Step(NamedTuple):
-    """One action of a schedule as `walk` sees it.
-
-    Attributes
-    ----------
-    index : int
-        Position of the action in the schedule.
-    action : Action
-        The action.
-    reads : int or None
-        The boundary whose state the action reads (None for `Free`).
-    producer : int or None
-        Index of the action that produced that state; None for the initial state or a `Free`.
-    stored_states : int
-        Stored states held after the action (the initial state counts, the working state not).
-    forward_evaluations : int
-        Block forward evaluations the action makes.
-    """
-
-    index: int
-    action: Action
-    reads: int | None
-    producer: int | None
-    stored_states: int
-    forward_evaluations: int
-
-
-def walk(schedule) -> Iterator[Step]:
-    """Walk the actions of ``schedule`` lazily, tracking stored states and who produced them.
-
-    This is a light walk for export and inspection; the full invariant checks and the memory
-    model live in the reference simulator.
-
-    Raises
-    ------
-    ScheduleError
-        If an action reads a state that is neither stored nor the working state.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import fixed_plan
-    >>> [(s.action, s.stored_states) for s in walk(fixed_plan(block_length=1).schedule(seq_len=2))]
-    [(Advance(0, 1, save=()), 1), (ForwardBackward(1), 1), (ForwardBackward(0), 1), (Free(0), 0)]
-    """
-    stored: dict[int, int | None] = {0: None}  # boundary -> index of the action that stored it
-    working_at: int | None = None  # boundary of the working state
-    working_by: int | None = None  # the action that produced it
-    for i, action in enumerate(schedule.actions):
-        kind = type(action)
-        if kind is Free:
-            if action.boundary not in stored:
-                raise ScheduleError(
-                    f"vlrnn_planner: action {i} {action!r} frees boundary {action.boundary}, "
-                    "which holds no stored state"
-                )
-            del stored[action.boundary]
-            yield Step(i, action, None, None, len(stored), 0)
-            continue
-        if kind is Advance:
-            boundary, evaluations = action.start, action.stop - action.start
-        elif kind is ForwardBackward:
-            boundary, evaluations = action.block, 1
-        else:
-            raise TypeError(f"vlrnn_planner: unknown action {action!r} of type {kind.__name__}")
-        if working_at == boundary:
-            producer = working_by
-        elif boundary in stored:
-            producer = stored[boundary]
-        else:
-            raise ScheduleError(
-                f"vlrnn_planner: action {i} {action!r} reads the state at boundary {boundary}, "
-                "which is neither stored nor the working state"
-            )
-        if kind is Advance:
-            for b in action.save:
-                stored[b] = i
-            working_at, working_by = action.stop, i
-        else:
-            working_at = working_by = None
-        yield Step(i, action, boundary, producer, len(stored), evaluations)
-
-
 def _action_attributes(action: Action) -> dict[str, Any]:
     if isinstance(action, Advance):
         return {"kind": "Advance", "start": action.start, "stop": action.stop, "save": tuple(action.save)}
     if isinstance(action, ForwardBackward):
         return {"kind": "ForwardBackward", "block": action.block}
     return {"kind": "Free", "boundary": action.boundary}
-
-
-# Names of `Schedule.memory_parts` (see NOTE [ Peak memory model ] in vlrnn_planner.cost) that
-# let the simulator's memory model (NOTE [ Memory model ] in vlrnn_planner.simulate) be fed from
-# a schedule alone: the two states at hand give the bytes of one state, the block in flight the
-# bytes of one block, and every other part is held throughout.
-_PART_WORKING = "working state and its gradient"
-_PART_STORED = "stored states"
-_PART_BLOCK = "block in flight"
-
-
-def memory_model(schedule) -> dict[str, float] | None:
-    """Per-state, per-block and base bytes behind a schedule's prediction, for the simulator.
-
-    Read off ``schedule.memory_parts``; the same state size is taken at every boundary (a packed
-    batch that shrinks is counted at its largest).
-
-    Returns
-    -------
-    dict or None
-        ``{"state_bytes": ..., "block_bytes": ..., "base_bytes": ...}``, the keyword arguments of
-        `vlrnn_planner.simulate.memory_trace`; None when the schedule carries no prediction or
-        its memory parts are not the cost model's.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import Schedule
-    >>> s = Schedule("blocks", seq_len=30, block_length=10, predicted_peak_bytes=1180,
-    ...              memory_parts=(("parameters", 1000), ("stored states", 40),
-    ...                            ("working state and its gradient", 40), ("block in flight", 100)))
-    >>> memory_model(s)
-    {'state_bytes': 20.0, 'block_bytes': 100, 'base_bytes': 1000}
-    """
-    if getattr(schedule, "predicted_peak_bytes", None) is None:
-        return None
-    parts = dict(getattr(schedule, "memory_parts", ()) or ())
-    if _PART_WORKING not in parts or _PART_BLOCK not in parts:
-        return None
-    held = {_PART_WORKING, _PART_STORED, _PART_BLOCK}
-    return {
-        "state_bytes": parts[_PART_WORKING] / 2,
-        "block_bytes": parts[_PART_BLOCK],
-        "base_bytes": sum(size for name, size in parts.items() if name not in held),
-    }
-
-
-def _memory_after_actions(schedule) -> Iterator[tuple[float, float]] | None:
-    """``(peak during, bytes after)`` each action, from the reference simulator, where the
-    schedule carries a prediction (see `memory_model`); None otherwise."""
-    model = memory_model(schedule)
-    if model is None:
-        return None
-    try:
-        from .simulate import memory_trace
-    except ImportError:  # pragma: no cover - an installation without the simulator
-        return None
-    return ((p.peak_bytes, p.bytes_after) for p in memory_trace(schedule.actions, schedule.num_blocks, **model))
 
 
 def schedule_graph(schedule):
@@ -579,7 +433,7 @@ def schedule_graph(schedule):
     (``"Advance"``, ``"ForwardBackward"`` or ``"Free"``), ``label`` (the action's repr), the
     action's block indices (``start``, ``stop``, ``save``; ``block``; ``boundary``),
     ``stored_states`` (stored states held after it), and, where the schedule carries a
-    prediction (see `memory_model`), ``memory_bytes`` and ``peak_bytes``: the predicted memory
+    prediction (`vlrnn_planner.simulate.predicted_memory`), ``memory_bytes`` and ``peak_bytes``: the predicted memory
     after the action and at its peak while it runs, from the reference simulator.
 
     Edges: ``kind="order"`` from each action to the next; ``kind="reads"`` with ``boundary=b``
@@ -602,16 +456,15 @@ def schedule_graph(schedule):
 
     _check_kind(schedule, "Schedule")
     graph = nx.DiGraph(**{k: v for k, v in _encode_graph_attrs(schedule).items()})
-    memory = _memory_after_actions(schedule)
+    memory = predicted_memory(schedule)
     previous: int | None = None
-    for step in walk(schedule):
+    for step in walk_schedule(schedule, memory=memory):
         i = step.index
         attrs = {"index": i, "label": repr(step.action), **_action_attributes(step.action)}
         attrs["stored_states"] = step.stored_states
         if memory is not None:
-            peak, after = next(memory)
-            attrs["peak_bytes"] = math.ceil(peak)
-            attrs["memory_bytes"] = math.ceil(after)
+            attrs["peak_bytes"] = math.ceil(step.peak_bytes)
+            attrs["memory_bytes"] = math.ceil(step.bytes_after)
         graph.add_node(i, **attrs)
         if previous is not None:
             graph.add_edge(previous, i, kind="order", order=True)

@@ -222,6 +222,19 @@ class Schedule:
         start = block * self.block_length
         return start, min(start + self.block_length, self.seq_len)
 
+    def boundary_step(self, boundary: int) -> int:
+        """The time step at boundary ``boundary`` (``0 <= boundary <= num_blocks``): where block
+        ``boundary`` starts, or ``seq_len`` at the last boundary.
+
+        Examples
+        --------
+        >>> Schedule("blocks", seq_len=10, block_length=4).boundary_step(3)
+        10
+        """
+        if self.boundaries:
+            return self.boundaries[boundary]
+        return min(boundary * self.block_length, self.seq_len)
+
     @property
     def actions(self) -> Actions:
         """The ordered actions, generated lazily on each iteration."""

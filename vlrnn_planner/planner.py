@@ -72,6 +72,7 @@ from .cost import Estimate, Workload, block_bytes, estimate, peak_memory
 from .errors import InfeasibleBudgetError, InvalidInputError
 from .plan import Plan, Schedule
 from .profile import CellProfile
+from .simulate import MemoryModel, walk
 
 __all__ = [
     "auto_plan",
@@ -459,22 +460,17 @@ class _Chain:
 
     def walk_cost(self, actions) -> tuple[float, float, int]:
         """Peak bytes, seconds and the block at the peak of any schedule over this chain, by
-        walking its actions (``O(actions)``; the reference simulator's memory model)."""
-        stored = {0}
+        walking its actions unchecked (``O(actions)``; the reference simulator's memory model)."""
+        memory = MemoryModel(state_bytes=self.state, block_bytes=self.blocks.__getitem__)
         peak, at, seconds = 0.0, 0, 0.0
-        for action in actions:
-            kind = type(action)
-            if kind is Advance:
-                stored.update(action.save)
+        for step in walk(actions, self.n, memory=memory, check=False):
+            action = step.action
+            if type(action) is Advance:
                 seconds += self._advance_prefix[action.stop] - self._advance_prefix[action.start]
-            elif kind is ForwardBackward:
-                b = action.block
-                held = (len(stored) + (b not in stored) + 1) * self.state + self.blocks[b]
-                if held > peak:
-                    peak, at = held, b
-                seconds += self.fb[b]
-            else:
-                stored.discard(action.boundary)
+            elif type(action) is ForwardBackward:
+                if step.peak_bytes > peak:
+                    peak, at = step.peak_bytes, action.block
+                seconds += self.fb[action.block]
         return self.base + peak, seconds, at
 
 
