@@ -9,8 +9,9 @@ import tracemalloc
 import pytest
 
 import vlrnn_planner as vp
-from vlrnn_planner import cli, export
+from vlrnn_planner import cli
 from vlrnn_planner.errors import InfeasibleBudgetError, PlannerError
+from vlrnn_planner.plan import load_document
 from vlrnn_planner.simulate import predicted_memory, walk_schedule
 
 PARTS = (
@@ -22,20 +23,20 @@ PARTS = (
     ("working state and its gradient", 2 * 100_000),
     ("block in flight", 3_000_000),
 )
+PREDICTION = vp.Prediction(
+    peak_bytes=sum(size for _, size in PARTS),
+    seconds=2.0,
+    baseline_seconds=1.0,
+    memory_parts=PARTS,
+    state_bytes=100_000,
+    block_bytes=3_000_000,
+    fixed_bytes=2_000_000,
+    budget_bytes=8_000_000,
+)
 
 
 def predicted_schedule(**overrides) -> vp.Schedule:
-    fields = dict(
-        strategy="blocks",
-        seq_len=1000,
-        block_length=100,
-        batch_size=4,
-        predicted_peak_bytes=sum(size for _, size in PARTS),
-        predicted_seconds=2.0,
-        baseline_seconds=1.0,
-        memory_parts=PARTS,
-        budget_bytes=8_000_000,
-    )
+    fields = dict(strategy="blocks", seq_len=1000, block_length=100, batch_size=4, prediction=PREDICTION)
     fields.update(overrides)
     return vp.Schedule(**fields)
 
@@ -327,7 +328,7 @@ def test_rnn_with_a_stand_in_planner(capsys, tmp_path, monkeypatch):
     assert seen["budget"] == "64MB" and seen["kwargs"] == {}
     assert "Schedule: blocks, T=200, K=20, 10 blocks, batch 2" in out
     assert out.rstrip().endswith(f"wrote {target}")
-    doc = export.load_document(target.read_text())
+    doc = load_document(target.read_text())
     assert doc.plan == vp.fixed_plan(block_length=20)
     assert doc.schedule == vp.fixed_plan(block_length=20).schedule(200, 2)
     code, out, err = run(capsys, "show", str(target))
@@ -383,7 +384,7 @@ def test_rnn_end_to_end(capsys, tmp_path):
         pytest.skip("the torch backend cannot profile cells yet")
     assert code == 0, err
     assert "T=300" in out
-    doc = export.load_document(target.read_text())
+    doc = load_document(target.read_text())
     assert doc.plan is not None and doc.schedule is not None
     assert doc.schedule.seq_len == 300 and doc.schedule.batch_size == 2
     assert vp.Plan.from_json(target.read_text()) == doc.plan

@@ -12,6 +12,7 @@ import tracemalloc
 
 import pytest
 
+import vlrnn_planner as vp
 import vlrnn_planner.simulate
 import vlrnn_planner.strategies
 from vlrnn_planner import Schedule
@@ -276,14 +277,14 @@ def grid():
     yield Schedule("store_all", seq_len=12, block_length=12)
 
 
-PARTS = (("parameters", 1000), ("stored states", 0), ("working state and its gradient", 14), ("block in flight", 300))
+PREDICTION = vp.Prediction(peak_bytes=1, seconds=0.0, state_bytes=7, block_bytes=300, fixed_bytes=1000)
 
 
 @pytest.mark.parametrize("predicted", [False, True])
 def test_statistics_closed_forms_match_the_walk(predicted):
     for schedule in grid():
         if predicted:
-            schedule = dataclasses.replace(schedule, predicted_peak_bytes=1, memory_parts=PARTS)
+            schedule = dataclasses.replace(schedule, prediction=PREDICTION)
         stats = schedule_statistics(schedule)
         got = (stats.actions, stats.forward_evaluations, stats.evaluated_steps, stats.backward_blocks,
                stats.most_stored_states, stats.simulated_peak_bytes)

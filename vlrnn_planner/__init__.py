@@ -21,9 +21,10 @@ from .errors import (
     PlannerError,
     ScheduleError,
 )
-from .plan import Plan, Schedule, fixed_plan
+from .plan import Plan, fixed_plan
 from .planner import auto_plan
 from .profile import CellProfile
+from .schedule import Prediction, Schedule
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "BackendNotFoundError",
     "Plan",
     "Schedule",
+    "Prediction",
     "fixed_plan",
     "backward",
     "auto_plan",
@@ -150,7 +152,9 @@ def backward(
             )
         schedule = plan
         return backend.execute(schedule, cell, inputs, **kwargs)
-    schedule = plan.schedule(shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes)
+    schedule = plan.schedule(
+        shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes, input_gradients=shape.input_gradients
+    )
     for attempt in range(OUT_OF_MEMORY_RETRIES + 1):
         try:
             return backend.execute(schedule, cell, inputs, **kwargs)

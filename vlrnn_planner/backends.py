@@ -21,11 +21,25 @@ ENTRY_POINT_GROUP = "vlrnn_planner.backends"
 
 @dataclass(frozen=True)
 class SequenceShape:
-    """What a backend read off the inputs: steps, batch, and per-step batch sizes if they shrink."""
+    """What a backend read off the inputs of a call, before any work.
+
+    Attributes
+    ----------
+    seq_len : int
+        Time steps ``T``.
+    batch_size : int
+        Sequences in the batch.
+    batch_sizes : tuple of int or None
+        Sequences running at each step, where the batch shrinks (packed sequences).
+    input_gradients : bool
+        The inputs (or targets) carry an autograd graph, so the backward keeps a gradient buffer
+        as large as them; budget plans count it (`vlrnn_planner.cost.Workload`).
+    """
 
     seq_len: int
     batch_size: int
     batch_sizes: tuple[int, ...] | None = None
+    input_gradients: bool = False
 
 
 @dataclass(frozen=True)

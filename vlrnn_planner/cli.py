@@ -27,8 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import vlrnn_planner
+
 from .budget import format_bytes
 from .errors import PlannerError
+from .plan import load_document
 from .simulate import ScheduleStatistics, predicted_memory, schedule_statistics, walk_schedule
 
 __all__ = ["main", "ScheduleStatistics", "schedule_statistics"]
@@ -77,8 +80,6 @@ def _write_text(path: str, text: str) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """The (plan, schedule) of ``args.file``; resolves a plan for ``--seq-len`` if need be."""
-    from .export import load_document
-
     text = _read_text(args.file)
     try:
         doc = load_document(text)
@@ -168,11 +169,6 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
         import torch
     except ImportError:
         raise CommandError("the rnn subcommand needs torch; install it with pip install torch") from None
-    import vlrnn_planner
-
-    auto_plan = getattr(vlrnn_planner, "auto_plan", None)
-    if auto_plan is None:
-        raise CommandError("this vlrnn-planner has no auto_plan; the rnn subcommand needs it")
     cls = getattr(torch.nn, _MODES[args.mode])
     kwargs: dict[str, Any] = {"num_layers": args.num_layers, "batch_first": args.batch_first}
     if args.mode == "RNN":
@@ -188,7 +184,7 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
         plan_kwargs["device"] = args.device
     if args.inputs_on_host:
         plan_kwargs["inputs_on_host"] = True
-    plan = auto_plan(module, **plan_kwargs)
+    plan = vlrnn_planner.auto_plan(module, **plan_kwargs)  # looked up here, so that tests can stand in for it
     schedule = plan.schedule(args.seq_len, args.batch_size)
     _print_summary(plan, schedule, actions=args.actions, out=sys.stdout)
     if args.output is not None:

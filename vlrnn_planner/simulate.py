@@ -703,19 +703,12 @@ def memory_trace(
 # A schedule's statistics
 # ---------------------------------------------------------------------------------------------
 
-# Names of `Schedule.memory_parts` (see NOTE [ Peak memory model ] in vlrnn_planner.cost) that
-# let the memory model be fed from a schedule alone: the two states at hand give the bytes of one
-# state, the block in flight the bytes of one block, and every other part is held throughout.
-_PART_WORKING = "working state and its gradient"
-_PART_STORED = "stored states"
-_PART_BLOCK = "block in flight"
-
-
 def predicted_memory(schedule: Any) -> MemoryModel | None:
     """The memory model behind a schedule's prediction: one state size, one block size.
 
-    Read off ``schedule.memory_parts``; the same state size is taken at every boundary (a packed
-    batch that shrinks is counted at its largest).
+    Read off ``schedule.prediction`` (`vlrnn_planner.schedule.Prediction`): its bytes per state,
+    per block and held throughout. A packed batch that shrinks is counted at its largest state
+    and block.
 
     Parameters
     ----------
@@ -729,24 +722,17 @@ def predicted_memory(schedule: Any) -> MemoryModel | None:
 
     Examples
     --------
-    >>> from vlrnn_planner import Schedule
-    >>> s = Schedule("blocks", seq_len=30, block_length=10, predicted_peak_bytes=1180,
-    ...              memory_parts=(("parameters", 1000), ("stored states", 40),
-    ...                            ("working state and its gradient", 40), ("block in flight", 100)))
+    >>> from vlrnn_planner import Prediction, Schedule
+    >>> s = Schedule("blocks", seq_len=30, block_length=10,
+    ...              prediction=Prediction(peak_bytes=1140, seconds=1.0, state_bytes=10,
+    ...                                    block_bytes=100, fixed_bytes=1000))
     >>> predicted_memory(s)
-    MemoryModel(state_bytes=20.0, block_bytes=100, base_bytes=1000)
+    MemoryModel(state_bytes=10.0, block_bytes=100, base_bytes=1000)
     """
-    if getattr(schedule, "predicted_peak_bytes", None) is None:
+    p = getattr(schedule, "prediction", None)
+    if p is None:
         return None
-    parts = dict(getattr(schedule, "memory_parts", ()) or ())
-    if _PART_WORKING not in parts or _PART_BLOCK not in parts:
-        return None
-    held = {_PART_WORKING, _PART_STORED, _PART_BLOCK}
-    return MemoryModel(
-        state_bytes=parts[_PART_WORKING] / 2,
-        block_bytes=parts[_PART_BLOCK],
-        base_bytes=sum(size for name, size in parts.items() if name not in held),
-    )
+    return MemoryModel(state_bytes=p.state_bytes, block_bytes=p.block_bytes, base_bytes=p.fixed_bytes)
 
 
 @dataclass(frozen=True, slots=True)
