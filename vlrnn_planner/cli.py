@@ -122,6 +122,7 @@ def _short(action: Any, most: int = 8) -> str:
 
 
 def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
+    """The plan's and the schedule's summaries, the statistics, and the first ``actions`` actions."""
     summary = str(schedule)
     if plan is not None:
         text = str(plan)
@@ -131,6 +132,12 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
     else:
         print(summary, file=out)
     stats = schedule_statistics(schedule)
+    _print_statistics(stats, schedule, out=out)
+    if actions > 0:
+        _print_actions(schedule, min(actions, stats.actions), stats.actions, out=out)
+
+
+def _print_statistics(stats: ScheduleStatistics, schedule: Any, *, out) -> None:
     print("Statistics:", file=out)
     print(f"  actions: {stats.actions}", file=out)
     print(
@@ -146,14 +153,15 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
             f"(cost model: {format_bytes(schedule.predicted_peak_bytes)})",
             file=out,
         )
-    if actions > 0:
-        shown = min(actions, stats.actions)
-        print(f"First {shown} of {stats.actions} actions (stored states after each):", file=out)
-        width = len(str(max(shown - 1, 0)))
-        # Unchecked and without memory, the walk only counts the stored states: O(1) an action,
-        # however many states an action stores.
-        for step in itertools.islice(walk_schedule(schedule, check=False), shown):
-            print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
+
+
+def _print_actions(schedule: Any, shown: int, total: int, *, out) -> None:
+    print(f"First {shown} of {total} actions (stored states after each):", file=out)
+    width = len(str(max(shown - 1, 0)))
+    # Unchecked and without memory, the walk only counts the stored states: O(1) an action,
+    # however many states an action stores.
+    for step in itertools.islice(walk_schedule(schedule, check=False), shown):
+        print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,27 +268,24 @@ def _trace(schedule, points: int) -> tuple[list[_Series], bool]:
     return [stored], False
 
 
-def _cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CommandError(f"plotting needs matplotlib; install it with {PLOT_INSTALL_HINT}") from None
-    _, schedule = _load(args)
-    series, in_bytes = _trace(schedule, args.points)
-    scale, unit = 1.0, "stored states"
-    budget, budget_label = None, ""
-    if in_bytes:
-        top = max(series[0].envelope.highs + [schedule.budget_bytes or 0])
-        for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
-            if top >= size:
-                scale, unit = size, name
-        unit = f"predicted memory ({unit})"
-        if schedule.budget_bytes is not None:
-            budget, budget_label = schedule.budget_bytes, f"budget {format_bytes(schedule.budget_bytes)}"
-    elif schedule.checkpoints is not None:
-        budget, budget_label = schedule.checkpoints, f"at most {schedule.checkpoints} stored states"
-    fig = Figure(figsize=(args.width, args.height), layout="constrained")
-    ax = fig.add_subplot()
+def _plot_scale(schedule: Any, series: list[_Series], in_bytes: bool) -> tuple[float, str, float | None, str]:
+    """The y axis's scale and label, and the budget line (None for none) and its label."""
+    if not in_bytes:
+        if schedule.checkpoints is None:
+            return 1.0, "stored states", None, ""
+        return 1.0, "stored states", schedule.checkpoints, f"at most {schedule.checkpoints} stored states"
+    scale, unit = 1.0, "B"
+    top = max(series[0].envelope.highs + [schedule.budget_bytes or 0])
+    for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
+        if top >= size:
+            scale, unit = size, name
+    if schedule.budget_bytes is None:
+        return scale, f"predicted memory ({unit})", None, ""
+    return scale, f"predicted memory ({unit})", schedule.budget_bytes, f"budget {format_bytes(schedule.budget_bytes)}"
+
+
+def _draw(ax: Any, schedule: Any, series: list[_Series], in_bytes: bool) -> None:
+    scale, unit, budget, budget_label = _plot_scale(schedule, series, in_bytes)
     width = series[0].envelope.width
     xs = [i * width for i in range(len(series[0].envelope.highs))]
     for one in series:
@@ -299,6 +304,17 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     ax.set_ylim(bottom=0)
     ax.set_title(str(schedule).splitlines()[0], fontsize=10)
     ax.legend(loc="best", fontsize=8)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CommandError(f"plotting needs matplotlib; install it with {PLOT_INSTALL_HINT}") from None
+    _, schedule = _load(args)
+    series, in_bytes = _trace(schedule, args.points)
+    fig = Figure(figsize=(args.width, args.height), layout="constrained")
+    _draw(fig.add_subplot(), schedule, series, in_bytes)
     try:
         fig.savefig(args.output, dpi=args.dpi)
     except OSError as e:
