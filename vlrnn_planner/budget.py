@@ -83,6 +83,11 @@ class Budget:
             What this process can use on the device (free memory plus what the process's
             allocator already holds); needed only for a share.
 
+        Returns
+        -------
+        int
+            Bytes, at least 1.
+
         Raises
         ------
         InvalidInputError
@@ -208,6 +213,10 @@ def format_bytes(n: int | float, *, binary: bool = False) -> str:
         A number of bytes; may be negative (a difference).
     binary : bool, default False
         Powers of 1024 (KiB, MiB, GiB, TiB) instead of powers of 1000 (KB, MB, GB, TB).
+
+    Returns
+    -------
+    str
 
     Examples
     --------

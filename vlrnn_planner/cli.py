@@ -364,7 +364,13 @@ def _add_file_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `vlrnn-plan` argument parser."""
+    """The `vlrnn-plan` argument parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Whose errors raise instead of exiting, so that `main` reports them in one line.
+    """
     parser = _Parser(
         prog=PROG,
         description="Plan exact block backpropagation through time, and inspect saved plans.",
@@ -434,6 +440,11 @@ def _report(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `vlrnn-plan` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command line without the program's name.
 
     Returns
     -------

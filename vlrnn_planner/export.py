@@ -50,7 +50,22 @@ def schedule_graph(schedule: Any) -> Any:
     from the action that stored or produced the state at boundary ``b`` to the action that reads
     it (nothing for the initial state, which no action produces). Every edge also has ``order``:
     whether it joins consecutive actions (see NOTE [ Graph edges ] in this module). The graph is
-    acyclic; its graph attributes are the schedule's fields.
+    acyclic; its graph attributes are the schedule's fields, and its prediction's as
+    ``prediction_<field>``.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule; its actions are walked once, with every invariant checked.
+
+    Returns
+    -------
+    networkx.DiGraph
+
+    Raises
+    ------
+    ScheduleError
+        If the schedule breaks an invariant.
 
     Examples
     --------
@@ -115,6 +130,21 @@ def schedule_to_dot(schedule: Any) -> str:
 
     Nodes are named ``a<index>``; order edges are solid, reads edges dashed and labelled with
     the boundary whose state is read.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule.
+
+    Returns
+    -------
+    str
+        The DOT source.
+
+    Raises
+    ------
+    ScheduleError
+        If the schedule breaks an invariant.
 
     Examples
     --------

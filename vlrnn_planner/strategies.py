@@ -160,6 +160,21 @@ def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
 def store_all(n: int = 1) -> Iterator[Action]:
     """Plain BPTT: the whole sequence is one block, run once with grad.
 
+    Parameters
+    ----------
+    n : int, default 1
+        Number of blocks; must be 1.
+
+    Returns
+    -------
+    iterator of Action
+        ``ForwardBackward(0)``, ``Free(0)``.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``n`` other than 1.
+
     Examples
     --------
     >>> list(store_all())
@@ -177,6 +192,22 @@ def blocks(n: int) -> Iterator[Action]:
 
     Holds ``max(1, n - 1)`` stored states (the initial state included) and makes ``2n - 1``
     forward evaluations.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks, at least 1.
+
+    Returns
+    -------
+    iterator of Action
+        Generated lazily; the first action's ``save`` of ``n - 2`` boundaries is a run
+        (`vlrnn_planner.actions.BoundaryRuns`) when long.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``n`` is below 1.
 
     Examples
     --------
@@ -514,6 +545,17 @@ def chain_dp_work(n: int, checkpoints: int) -> int:
 
     ``sum over s = 1..c, l = s+2..n of (n - l + 1) (l - 1)``: a planner's guard on the DP's time.
 
+    Parameters
+    ----------
+    n : int
+        Number of blocks.
+    checkpoints : int
+        Most stored states.
+
+    Returns
+    -------
+    int
+
     Examples
     --------
     >>> chain_dp_work(4, 2), chain_dp_work(4, 3), chain_dp_work(200, 3) < 4 * 10**6
@@ -618,7 +660,27 @@ def chain_splits(advance_seconds: Sequence[float], checkpoints: int) -> tuple[fl
 
 
 def check_splits(n: int, checkpoints: int, splits: Any) -> tuple[int, ...]:
-    """``splits`` as a tuple of ints that `binomial_splits` can walk, or InvalidInputError saying why."""
+    """``splits`` as a tuple of ints that `binomial_splits` can walk.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks.
+    checkpoints : int
+        Most stored states the splits were computed for.
+    splits : sequence of int
+        Split points in the order `binomial_splits` consumes them, ``n - 1`` of them.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    InvalidInputError
+        Saying which split is wrong and why: not an int, outside its range, or storing a state
+        where no slot is left.
+    """
     n = _check_blocks(n)
     c = _check_checkpoints(checkpoints)
     hint = "use the splits that vlrnn_planner.strategies.chain_splits returns"
@@ -663,6 +725,26 @@ def binomial_splits(n: int, checkpoints: int, splits: Sequence[int]) -> Iterator
     (storing it unless one block remains after it), reverse ``m .. j-1`` with ``s - 1`` slots,
     then ``i .. m-1`` with ``s``. Never more than ``checkpoints`` stored states for valid splits
     (`check_splits`); consecutive advances are merged.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks, at least 1.
+    checkpoints : int
+        Most stored states, at least 1.
+    splits : sequence of int
+        The split points, as `chain_splits` returns them.
+
+    Returns
+    -------
+    iterator of Action
+        Generated lazily.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``n`` or ``checkpoints`` below 1, or (while walking) splits that run out or leave
+        their range.
 
     Examples
     --------
@@ -807,6 +889,20 @@ def generate(schedule: Any) -> Iterator[Action]:
 
     Uses ``schedule.strategy``, ``schedule.num_blocks``, and ``schedule.checkpoints`` (binomial,
     with ``schedule.splits`` for `binomial_splits` where set) or ``schedule.levels`` (multilevel).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule.
+
+    Returns
+    -------
+    iterator of Action
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown strategy or an invalid parameter of it.
 
     Examples
     --------
