@@ -11,8 +11,8 @@ from conftest import LSTM_PROFILE
 import vlrnn_planner as vp
 from vlrnn_planner.backends import Result, SequenceShape
 from vlrnn_planner.cost import Workload, estimate
-from vlrnn_planner.planner import cut_by_sample_steps, plan_for_profile
-from vlrnn_planner.solver import candidate_block_lengths, minimum_peak
+from vlrnn_planner.planner import plan_for_profile
+from vlrnn_planner.solver import candidate_block_lengths, cut_by_sample_steps, minimum_peak
 
 
 def shrinking(seq_len: int, batch: int, power: float = 2.0) -> tuple[int, ...]:

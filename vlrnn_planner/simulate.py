@@ -215,16 +215,16 @@ class _Walk:
         """The producer of the state at ``boundary``, which must be at hand."""
         if self.working == boundary:
             return self.working_by
-        if self.track and boundary not in self.stored:
-            if self.check:
-                raise self.fail(
-                    index,
-                    action,
-                    f"reads the state at boundary {boundary}, which is neither stored nor the working "
-                    f"state ({self.holding()}); {hint}",
-                )
-            return None
-        return self.stored.get(boundary) if self.track else None
+        if boundary in self.stored:
+            return self.stored[boundary]
+        if self.check:
+            raise self.fail(
+                index,
+                action,
+                f"reads the state at boundary {boundary}, which is neither stored nor the working "
+                f"state ({self.holding()}); {hint}",
+            )
+        return None
 
     # -- handlers
 
@@ -298,9 +298,12 @@ class _Walk:
             # The block's input state is held throughout; the gradient arriving at its output
             # (with the activations) gives way, at the end of the traversal, to the gradient at
             # its input: the action's peak is the larger of the two moments.
-            held = self.base + self.stored_bytes + (0 if block in self.stored else self.size(block))
-            self.delta = self.size(block) if block > 0 else 0
-            peak = held + max(self.activations(block) + self.size(block + 1), self.delta)
+            uniform = self.uniform
+            size_in = uniform if uniform is not None else self.size(block)
+            size_out = uniform if uniform is not None else self.size(block + 1)
+            held = self.base + self.stored_bytes + (0 if block in self.stored else size_in)
+            self.delta = size_in if block > 0 else 0
+            peak = held + max(self.activations(block) + size_out, self.delta)
             after = self.base + self.stored_bytes + self.delta
         self.next_block -= 1
         self.working = self.working_by = None
@@ -339,7 +342,7 @@ class _Walk:
             del self.stored[boundary]
         self.count -= 1
         if self.memory is not None:
-            self.stored_bytes -= self.size(boundary)
+            self.stored_bytes -= self.uniform if self.uniform is not None else self.size(boundary)
             after = self.base + self.stored_bytes + self.delta + self.loose_working()
         return Step(index, action, None, None, (), self.count, 0, 0, peak, after)
 

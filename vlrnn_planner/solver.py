@@ -367,13 +367,13 @@ def cut_by_sample_steps(batch_sizes: Sequence[int], cap: int, *, block_multiple:
     >>> cut_by_sample_steps([4, 4, 2, 2, 1, 1, 1, 1], 4, block_multiple=2)
     (0, 2, 4, 8)
     """
-    seq_len = len(batch_sizes)
+    seq_len, m = len(batch_sizes), block_multiple
+    widths = batch_sizes if m == 1 else [sum(batch_sizes[s : s + m]) for s in range(0, seq_len, m)]
     bounds = [0]
     total = 0
-    for start in range(0, seq_len, block_multiple):
-        width = sum(batch_sizes[start : start + block_multiple])
+    for segment, width in enumerate(widths):
         if total and total + width > cap:
-            bounds.append(start)
+            bounds.append(segment * m)
             total = 0
         total += width
     bounds.append(seq_len)
