@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import tracemalloc
 
 import pytest
 
 import vlrnn_planner as vp
-from vlrnn_planner import cli, export
+from vlrnn_planner import cli
 from vlrnn_planner.errors import InfeasibleBudgetError, PlannerError
+from vlrnn_planner.plan import load_document
+from vlrnn_planner.simulate import predicted_memory, walk_schedule
 
 PARTS = (
     ("parameters", 1_000_000),
@@ -20,20 +23,20 @@ PARTS = (
     ("working state and its gradient", 2 * 100_000),
     ("block in flight", 3_000_000),
 )
+PREDICTION = vp.Prediction(
+    peak_bytes=sum(size for _, size in PARTS),
+    seconds=2.0,
+    baseline_seconds=1.0,
+    memory_parts=PARTS,
+    state_bytes=100_000,
+    block_bytes=3_000_000,
+    fixed_bytes=2_000_000,
+    budget_bytes=8_000_000,
+)
 
 
 def predicted_schedule(**overrides) -> vp.Schedule:
-    fields = dict(
-        strategy="blocks",
-        seq_len=1000,
-        block_length=100,
-        batch_size=4,
-        predicted_peak_bytes=sum(size for _, size in PARTS),
-        predicted_seconds=2.0,
-        baseline_seconds=1.0,
-        memory_parts=PARTS,
-        budget_bytes=8_000_000,
-    )
+    fields = dict(strategy="blocks", seq_len=1000, block_length=100, batch_size=4, prediction=PREDICTION)
     fields.update(overrides)
     return vp.Schedule(**fields)
 
@@ -114,6 +117,38 @@ def test_show_plan_resolved_for_seq_len(capsys, files):
     assert "Schedule: blocks, T=30, K=10, 3 blocks, batch 5" in out
 
 
+@pytest.mark.parametrize(
+    "schedule, lines",
+    [
+        (
+            vp.Schedule("blocks", seq_len=10**9, block_length=1),
+            ["actions: 2000000000", "most stored states: 999999999",
+             "0  Advance(0, 999999999, save=(1, 2, 3, 4, 5, 6, ..., 999999997, 999999998))"],
+        ),
+        (
+            vp.Schedule("binomial", seq_len=10**15, block_length=1, checkpoints=3),
+            ["actions: 2000000000000000", "most stored states: 3", "1  ForwardBackward(999999999999999)  [3]"],
+        ),
+    ],
+    ids=["blocks-1e9", "binomial-1e15"],
+)
+def test_show_huge_schedules_from_closed_forms(capsys, tmp_path, schedule, lines):
+    # Every statistic has a closed form and the listing walks 20 actions without listing the
+    # stored states: no memory to speak of, whatever the schedule's length.
+    path = tmp_path / "huge.json"
+    path.write_text(schedule.to_json())
+    tracemalloc.start()
+    try:
+        code, out, err = run(capsys, "show", str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert peak < 4 * 2**20
+    for line in lines:
+        assert line in out
+
+
 def test_statistics_match_simulator():
     from vlrnn_planner.simulate import simulate_schedule
 
@@ -132,6 +167,9 @@ def test_statistics_match_simulator():
     # a short last block counts its own steps
     stats = cli.schedule_statistics(vp.fixed_plan(block_length=10).schedule(seq_len=35))
     assert (stats.forward_evaluations, stats.evaluated_steps) == (7, 30 + 35)
+    # unequal blocks count their own steps: blocks 0..1 advanced (5 steps), all three backpropagated
+    stats = cli.schedule_statistics(vp.Schedule("blocks", seq_len=10, block_length=1, boundaries=(0, 2, 5, 10)))
+    assert (stats.forward_evaluations, stats.evaluated_steps) == (5, 15)
 
 
 # -- dot -------------------------------------------------------------------------------------
@@ -176,7 +214,7 @@ def test_plot_long_schedule_is_binned(capsys, tmp_path):
     assert in_bytes
     assert all(len(s.envelope.highs) <= 200 for s in series)
     assert max(series[0].envelope.highs) == max(
-        p for p, _ in export._memory_after_actions(schedule)
+        step.peak_bytes for step in walk_schedule(schedule, memory=predicted_memory(schedule))
     )
 
 
@@ -290,7 +328,7 @@ def test_rnn_with_a_stand_in_planner(capsys, tmp_path, monkeypatch):
     assert seen["budget"] == "64MB" and seen["kwargs"] == {}
     assert "Schedule: blocks, T=200, K=20, 10 blocks, batch 2" in out
     assert out.rstrip().endswith(f"wrote {target}")
-    doc = export.load_document(target.read_text())
+    doc = load_document(target.read_text())
     assert doc.plan == vp.fixed_plan(block_length=20)
     assert doc.schedule == vp.fixed_plan(block_length=20).schedule(200, 2)
     code, out, err = run(capsys, "show", str(target))
@@ -346,7 +384,7 @@ def test_rnn_end_to_end(capsys, tmp_path):
         pytest.skip("the torch backend cannot profile cells yet")
     assert code == 0, err
     assert "T=300" in out
-    doc = export.load_document(target.read_text())
+    doc = load_document(target.read_text())
     assert doc.plan is not None and doc.schedule is not None
     assert doc.schedule.seq_len == 300 and doc.schedule.batch_size == 2
     assert vp.Plan.from_json(target.read_text()) == doc.plan

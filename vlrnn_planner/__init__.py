@@ -26,9 +26,10 @@ from .errors import (
     TimeAxisError,
     UnsupportedHookError,
 )
-from .plan import Plan, Schedule, fixed_plan
+from .plan import Plan, fixed_plan
 from .planner import auto_plan
 from .profile import CellProfile
+from .schedule import Prediction, Schedule
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,7 @@ __all__ = [
     "NondeterministicCellError",
     "Plan",
     "Schedule",
+    "Prediction",
     "fixed_plan",
     "backward",
     "auto_plan",
@@ -167,7 +169,9 @@ def backward(
             )
         schedule = plan
         return backend.execute(schedule, cell, inputs, **kwargs)
-    schedule = plan.schedule(shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes)
+    schedule = plan.schedule(
+        shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes, input_gradients=shape.input_gradients
+    )
     for attempt in range(OUT_OF_MEMORY_RETRIES + 1):
         try:
             return backend.execute(schedule, cell, inputs, **kwargs)

@@ -21,14 +21,18 @@ Only ``rnn`` imports torch, and only when it runs.
 from __future__ import annotations
 
 import argparse
-import math
+import itertools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import vlrnn_planner
+
 from .budget import format_bytes
 from .errors import PlannerError
+from .plan import load_document
+from .simulate import ScheduleStatistics, predicted_memory, schedule_statistics, walk_schedule
 
 __all__ = ["main", "ScheduleStatistics", "schedule_statistics"]
 
@@ -49,84 +53,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScheduleStatistics:
-    """What walking a schedule's actions tells.
-
-    Attributes
-    ----------
-    actions : int
-        Number of actions.
-    forward_evaluations : int
-        Block forward evaluations: blocks advanced without grad plus one per `ForwardBackward`.
-    evaluated_steps : int
-        Time steps evaluated by those block evaluations (a short last block counts its steps).
-    backward_blocks : int
-        Blocks backpropagated (`ForwardBackward` actions).
-    most_stored_states : int
-        Most stored states held at once (the initial state included, the working state not).
-    seq_len : int
-        Time steps of the sequence.
-    simulated_peak_bytes : int or None
-        The peak memory that the reference simulator finds action by action, where the schedule
-        carries a prediction (`vlrnn_planner.export.memory_model`); None otherwise.
-    """
-
-    actions: int
-    forward_evaluations: int
-    evaluated_steps: int
-    backward_blocks: int
-    most_stored_states: int
-    seq_len: int
-    simulated_peak_bytes: int | None = None
-
-    @property
-    def evaluations_per_step(self) -> float:
-        """Forward evaluations per time step: 1 for plain BPTT, about 2 for one level of blocks."""
-        return self.evaluated_steps / self.seq_len
-
-
-def schedule_statistics(schedule) -> ScheduleStatistics:
-    """Walk ``schedule``'s actions once and count.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import fixed_plan
-    >>> stats = schedule_statistics(fixed_plan(block_length=10).schedule(seq_len=35))
-    >>> stats.forward_evaluations, stats.evaluated_steps, stats.most_stored_states
-    (7, 65, 3)
-    """
-    from .actions import Advance, ForwardBackward
-    from .export import _memory_after_actions, walk
-
-    k, t = schedule.block_length, schedule.seq_len
-    actions = evaluations = steps = backward = most = 0
-    memory = _memory_after_actions(schedule)
-    peak = None
-    for step in walk(schedule):
-        if memory is not None:
-            during, _after = next(memory)
-            peak = during if peak is None else max(peak, during)
-        actions += 1
-        action = step.action
-        if isinstance(action, Advance):
-            evaluations += action.stop - action.start
-            steps += min(action.stop * k, t) - action.start * k
-        elif isinstance(action, ForwardBackward):
-            evaluations += 1
-            backward += 1
-            steps += min((action.block + 1) * k, t) - action.block * k
-        most = max(most, step.stored_states)
-    if peak is not None:
-        peak = math.ceil(peak)
-    return ScheduleStatistics(actions, evaluations, steps, backward, most, t, peak)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +80,6 @@ def _write_text(path: str, text: str) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """The (plan, schedule) of ``args.file``; resolves a plan for ``--seq-len`` if need be."""
-    from .export import load_document
-
     text = _read_text(args.file)
     try:
         doc = load_document(text)
@@ -198,6 +122,7 @@ def _short(action: Any, most: int = 8) -> str:
 
 
 def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
+    """The plan's and the schedule's summaries, the statistics, and the first ``actions`` actions."""
     summary = str(schedule)
     if plan is not None:
         text = str(plan)
@@ -207,6 +132,12 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
     else:
         print(summary, file=out)
     stats = schedule_statistics(schedule)
+    _print_statistics(stats, schedule, out=out)
+    if actions > 0:
+        _print_actions(schedule, min(actions, stats.actions), stats.actions, out=out)
+
+
+def _print_statistics(stats: ScheduleStatistics, schedule: Any, *, out) -> None:
     print("Statistics:", file=out)
     print(f"  actions: {stats.actions}", file=out)
     print(
@@ -222,16 +153,15 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
             f"(cost model: {format_bytes(schedule.predicted_peak_bytes)})",
             file=out,
         )
-    if actions > 0:
-        shown = min(actions, stats.actions)
-        print(f"First {shown} of {stats.actions} actions (stored states after each):", file=out)
-        width = len(str(max(shown - 1, 0)))
-        from .export import walk
 
-        for step in walk(schedule):
-            if step.index >= shown:
-                break
-            print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
+
+def _print_actions(schedule: Any, shown: int, total: int, *, out) -> None:
+    print(f"First {shown} of {total} actions (stored states after each):", file=out)
+    width = len(str(max(shown - 1, 0)))
+    # Unchecked and without memory, the walk only counts the stored states: O(1) an action,
+    # however many states an action stores.
+    for step in itertools.islice(walk_schedule(schedule, check=False), shown):
+        print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,11 +177,6 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
         import torch
     except ImportError:
         raise CommandError("the rnn subcommand needs torch; install it with pip install torch") from None
-    import vlrnn_planner
-
-    auto_plan = getattr(vlrnn_planner, "auto_plan", None)
-    if auto_plan is None:
-        raise CommandError("this vlrnn-planner has no auto_plan; the rnn subcommand needs it")
     cls = getattr(torch.nn, _MODES[args.mode])
     kwargs: dict[str, Any] = {"num_layers": args.num_layers, "batch_first": args.batch_first}
     if args.mode == "RNN":
@@ -267,7 +192,7 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
         plan_kwargs["device"] = args.device
     if args.inputs_on_host:
         plan_kwargs["inputs_on_host"] = True
-    plan = auto_plan(module, **plan_kwargs)
+    plan = vlrnn_planner.auto_plan(module, **plan_kwargs)  # looked up here, so that tests can stand in for it
     schedule = plan.schedule(args.seq_len, args.batch_size)
     _print_summary(plan, schedule, actions=args.actions, out=sys.stdout)
     if args.output is not None:
@@ -329,43 +254,38 @@ class _Series:
 def _trace(schedule, points: int) -> tuple[list[_Series], bool]:
     """The memory over the schedule, binned: the predicted bytes at the peak of each action and
     held after it where the schedule carries a prediction, else the stored states after it."""
-    from .export import _memory_after_actions, walk
-
-    memory = _memory_after_actions(schedule)
+    memory = predicted_memory(schedule)
     if memory is not None:
         peaks = _Series("peak while each action runs", _Envelope(points), "#1f5fa8")
         held = _Series("held after each action", _Envelope(points), "#7f8c8d")
-        for peak, after in memory:
-            peaks.envelope.add(float(peak))
-            held.envelope.add(float(after))
+        for step in walk_schedule(schedule, memory=memory):
+            peaks.envelope.add(float(step.peak_bytes))
+            held.envelope.add(float(step.bytes_after))
         return [peaks, held], True
     stored = _Series("stored states after each action", _Envelope(points), "#1f5fa8")
-    for step in walk(schedule):
+    for step in walk_schedule(schedule):
         stored.envelope.add(float(step.stored_states))
     return [stored], False
 
 
-def _cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CommandError(f"plotting needs matplotlib; install it with {PLOT_INSTALL_HINT}") from None
-    _, schedule = _load(args)
-    series, in_bytes = _trace(schedule, args.points)
-    scale, unit = 1.0, "stored states"
-    budget, budget_label = None, ""
-    if in_bytes:
-        top = max(series[0].envelope.highs + [schedule.budget_bytes or 0])
-        for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
-            if top >= size:
-                scale, unit = size, name
-        unit = f"predicted memory ({unit})"
-        if schedule.budget_bytes is not None:
-            budget, budget_label = schedule.budget_bytes, f"budget {format_bytes(schedule.budget_bytes)}"
-    elif schedule.checkpoints is not None:
-        budget, budget_label = schedule.checkpoints, f"at most {schedule.checkpoints} stored states"
-    fig = Figure(figsize=(args.width, args.height), layout="constrained")
-    ax = fig.add_subplot()
+def _plot_scale(schedule: Any, series: list[_Series], in_bytes: bool) -> tuple[float, str, float | None, str]:
+    """The y axis's scale and label, and the budget line (None for none) and its label."""
+    if not in_bytes:
+        if schedule.checkpoints is None:
+            return 1.0, "stored states", None, ""
+        return 1.0, "stored states", schedule.checkpoints, f"at most {schedule.checkpoints} stored states"
+    scale, unit = 1.0, "B"
+    top = max(series[0].envelope.highs + [schedule.budget_bytes or 0])
+    for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
+        if top >= size:
+            scale, unit = size, name
+    if schedule.budget_bytes is None:
+        return scale, f"predicted memory ({unit})", None, ""
+    return scale, f"predicted memory ({unit})", schedule.budget_bytes, f"budget {format_bytes(schedule.budget_bytes)}"
+
+
+def _draw(ax: Any, schedule: Any, series: list[_Series], in_bytes: bool) -> None:
+    scale, unit, budget, budget_label = _plot_scale(schedule, series, in_bytes)
     width = series[0].envelope.width
     xs = [i * width for i in range(len(series[0].envelope.highs))]
     for one in series:
@@ -384,6 +304,17 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     ax.set_ylim(bottom=0)
     ax.set_title(str(schedule).splitlines()[0], fontsize=10)
     ax.legend(loc="best", fontsize=8)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CommandError(f"plotting needs matplotlib; install it with {PLOT_INSTALL_HINT}") from None
+    _, schedule = _load(args)
+    series, in_bytes = _trace(schedule, args.points)
+    fig = Figure(figsize=(args.width, args.height), layout="constrained")
+    _draw(fig.add_subplot(), schedule, series, in_bytes)
     try:
         fig.savefig(args.output, dpi=args.dpi)
     except OSError as e:
@@ -433,7 +364,13 @@ def _add_file_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `vlrnn-plan` argument parser."""
+    """The `vlrnn-plan` argument parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Whose errors raise instead of exiting, so that `main` reports them in one line.
+    """
     parser = _Parser(
         prog=PROG,
         description="Plan exact block backpropagation through time, and inspect saved plans.",
@@ -503,6 +440,11 @@ def _report(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `vlrnn-plan` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command line without the program's name.
 
     Returns
     -------

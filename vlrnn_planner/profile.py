@@ -1,9 +1,10 @@
 """`CellProfile`: what a backend measured about a cell, as plain numbers.
 
 A profile is a frozen record of primitives (str, int, float, bool, None and tuples of them), with
-no framework object in it, so that the planner can run from a saved profile without torch and an
-exporter can serialise it field by field. Backends fill it in (see
-``vlrnn_torch.profiler.profile_cell``); the cost model (`vlrnn_planner.cost`) reads it.
+no framework object in it, so that the planner can run from a saved profile without torch, and
+`CellProfile.to_dict` / `CellProfile.from_dict` write and read it field by field (each field's
+type and range checked on reading). Backends fill it in (see ``vlrnn_torch.profiler.profile_cell``);
+the cost model (`vlrnn_planner.cost`) reads it; ``str(profile)`` summarises it.
 
 The model behind the numbers, for a block of ``K`` steps over ``B`` sequences:
 
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import format_bytes, format_seconds
 from .errors import InvalidInputError
+from .records import read_bool, read_fields, read_int, read_number, read_optional, read_str
 
-__all__ = ["CellProfile"]
+__all__ = ["CellProfile", "describe_profile"]
 
 
 @dataclass(frozen=True)
@@ -144,32 +148,127 @@ class CellProfile:
             return None
         return self.device_free_bytes + (self.allocator_reserved_bytes or 0)
 
+    @property
+    def device_label(self) -> str:
+        """Where it was measured, for summaries: ``"cuda:0 (NVIDIA H200), float32"``."""
+        name = f" ({self.device_name})" if self.device_name else ""
+        return f"{self.device}{name}, {self.dtype}"
+
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict of primitives (tuples stay tuples)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields as a dict of primitives (``notes`` as a list), for JSON.
+
+        Returns
+        -------
+        dict
+            Field name to value; `from_dict` reads it back.
+        """
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["notes"] = list(self.notes)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CellProfile:
-        """The profile written by `to_dict` (lists are accepted for tuples).
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "profile") -> CellProfile:
+        """The profile written by `to_dict`, each field's type and range checked.
+
+        Parameters
+        ----------
+        data : Mapping
+            Field name to value; a missing field takes its default.
+        where : str, default "profile"
+            The record's place in its document, for messages (``"plan.profile"``).
+
+        Returns
+        -------
+        CellProfile
 
         Raises
         ------
         InvalidInputError
-            For a field this version does not know.
+            For a field this version does not know, or a value of the wrong type or range,
+            naming the field.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InvalidInputError(
-                f"vlrnn_planner: CellProfile has no fields {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(names))}); was it written by a newer vlrnn-planner?"
-            )
-        kwargs = dict(data)
-        if "notes" in kwargs and kwargs["notes"] is not None:
-            kwargs["notes"] = tuple(kwargs["notes"])
-        return cls(**kwargs)
+        return cls(**read_fields(data, where, _READERS))
 
     def __str__(self) -> str:
-        from .cost import describe_profile
-
         return describe_profile(self)
+
+
+def _read_notes(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError(f"vlrnn_planner: {where} must be a list of strings, got {value!r}")
+    return tuple(read_str(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _optional_bytes(value: Any, where: str) -> int | None:
+    return read_optional(value, where, read_int)
+
+
+# Each field's reader: its type and range (counts and sizes >= 0, as __post_init__ requires).
+_READERS: dict[str, Callable[[Any, str], Any]] = {
+    **dict.fromkeys(("device", "device_name", "dtype", "cell", "measured_by"), read_str),
+    **dict.fromkeys(("time_dim", "parameter_bytes", "gradient_bytes", "allocator_overhead_bytes"), read_int),
+    **dict.fromkeys(
+        (
+            "state_bytes_per_sample", "state_bytes_fixed", "input_bytes_per_step", "target_bytes_per_step",
+            "activation_bytes_per_step", "activation_bytes_fixed", "transient_bytes_per_step",
+            "transient_bytes_fixed", "advance_seconds_per_step", "advance_seconds_per_step_per_sample",
+            "fb_seconds_per_step", "fb_seconds_per_step_per_sample", "block_overhead_seconds",
+            "profile_seconds",
+        ),
+        read_number,
+    ),
+    **dict.fromkeys(("device_total_bytes", "device_free_bytes", "process_bytes", "allocator_reserved_bytes"), _optional_bytes),
+    "loss_included": read_bool,
+    "notes": _read_notes,
+}
+
+
+def describe_profile(profile: CellProfile) -> str:
+    """A few lines on what a profile measured (``str(profile)``).
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The profile.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> print(describe_profile(CellProfile(cell="LSTM(4, 8)", state_bytes_per_sample=64.0,
+    ...       activation_bytes_per_step=512.0, measured_by="test")))  # doctest: +ELLIPSIS
+    CellProfile of LSTM(4, 8) on cpu, float32
+      memory measured by: test
+      per step and sequence: activations 512 B, no-grad transients 0 B, inputs 0 B, targets 0 B
+    ...
+    """
+    p = profile
+    lines = [
+        f"CellProfile of {p.cell or 'a cell'} on {p.device_label}",
+        f"  memory measured by: {p.measured_by or 'unknown'}",
+        f"  per step and sequence: activations {format_bytes(p.activation_bytes_per_step)}, "
+        f"no-grad transients {format_bytes(p.transient_bytes_per_step)}, "
+        f"inputs {format_bytes(p.input_bytes_per_step)}, targets {format_bytes(p.target_bytes_per_step)}",
+        f"  per block: activations {format_bytes(p.activation_bytes_fixed)}, "
+        f"no-grad transients {format_bytes(p.transient_bytes_fixed)}, "
+        f"overhead {format_seconds(p.block_overhead_seconds)}",
+        f"  state per sequence {format_bytes(p.state_bytes_per_sample)}; parameters "
+        f"{format_bytes(p.parameter_bytes)}, gradients {format_bytes(p.gradient_bytes)}"
+        + ("; loss head included" if p.loss_included else ""),
+        f"  seconds per step: no-grad {format_seconds(p.advance_seconds_per_step)} + "
+        f"{format_seconds(p.advance_seconds_per_step_per_sample)} per sequence; with grad and backward "
+        f"{format_seconds(p.fb_seconds_per_step)} + {format_seconds(p.fb_seconds_per_step_per_sample)} per sequence",
+    ]
+    if p.device_total_bytes is not None:
+        lines.append(
+            f"  device memory: {format_bytes(p.device_total_bytes)} total, "
+            f"{format_bytes(p.device_free_bytes or 0)} free"
+            + (f", this process {format_bytes(p.process_bytes)}" if p.process_bytes is not None else "")
+            + (f", allocator holds {format_bytes(p.allocator_reserved_bytes)}" if p.allocator_reserved_bytes is not None else "")
+        )
+    if p.profile_seconds:
+        lines.append(f"  profiled in {format_seconds(p.profile_seconds)}")
+    lines.extend(f"  note: {n}" for n in p.notes)
+    return "\n".join(lines)
