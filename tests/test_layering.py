@@ -61,7 +61,7 @@ MODULES: dict[str, tuple[str, set[str]]] = {
 }
 
 # Optional third-party packages, imported only inside the functions that need them.
-OPTIONAL = {"torch", "networkx", "matplotlib"}
+OPTIONAL = {"torch", "networkx", "matplotlib", "tqdm"}
 
 
 def _imports(module: str) -> list[tuple[str, bool]]:

@@ -156,7 +156,7 @@ def test_progress_is_reported_after_each_block():
     )
     n = result.schedule.num_blocks
     assert seen == [(i, n) for i in range(1, n + 1)]
-    with pytest.raises(vp.InvalidTypeError, match="progress must be callable"):
+    with pytest.raises(vp.InvalidTypeError, match="progress must be True .* or callable"):
         vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss, progress="tqdm")
 
 
@@ -267,3 +267,26 @@ def test_dropout_masks_of_blocks_inside_an_advance_match_their_recomputation(dev
     result = vp.backward(vp.fixed_plan(4), cell, x, targets=y, loss_fn=sq_loss)
     assert math.isclose(result.loss, loss, rel_tol=1e-9)
     assert_grads_close(params, expected, atol=1e-8)
+
+
+def test_progress_true_draws_a_bar_over_blocks(monkeypatch):
+    drawn = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n = total, 0
+            drawn.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    cell = nn.GRU(F, H)
+    result = vp.backward(vp.fixed_plan(6), cell, torch.randn(T, B, F), loss_fn=lambda o, t: o.sum(), progress=True)
+    (bar,) = drawn
+    assert bar.total == bar.n == result.schedule.num_blocks and bar.closed

@@ -7,6 +7,7 @@ are found through the entry-point group ``vlrnn_planner.backends``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -116,14 +117,16 @@ def backward(
     final_loss_fn : callable, optional
         ``final_loss_fn(final_state) -> scalar``: an extra loss on the final state.
     time_dim : int, optional
-        Overrides the cell's time axis.
+        The inputs' time axis, for a cell that does not declare it (see the backend's notes); a
+        plan from ``auto_plan(..., time_dim=...)`` supplies its own.
     scaler : optional
         A gradient scaler for mixed precision (``torch.amp.GradScaler``): each block's loss is
         backpropagated as ``scaler.scale(loss)``; ``result.loss`` stays unscaled. The caller's
         ``autocast`` context applies to both passes alike.
-    progress : callable, optional
-        ``progress(blocks_done, num_blocks)``, called after each block is backpropagated, for
-        long runs.
+    progress : bool or callable, optional
+        ``True`` shows a progress bar over blocks (tqdm) when the call lasts more than a second;
+        a callable is called as ``progress(blocks_done, num_blocks)`` after each block is
+        backpropagated.
     verify : bool, default True
         Check that each block re-run with grad reproduces the state the no-grad pass computed
         after it, and that a sequence module does nothing once per call that cutting the
@@ -135,6 +138,18 @@ def backward(
     -------
     Result
         ``.loss`` (float, the total), ``.state`` (the final state, detached), ``.schedule``.
+
+    Raises
+    ------
+    InvalidTypeError, InvalidInputError, TimeAxisError
+        Before any work, for arguments the call cannot run (the message says what to change);
+        a ``time_dim`` that contradicts the plan's or the cell's.
+    PerCallEffectError, UnsupportedHookError
+        Before any work, for a cell or hooks whose results block BPTT would change.
+    NoGradientError
+        When no gradient can flow (``torch.no_grad()``, ``inference_mode``, nothing requires grad).
+    NondeterministicCellError
+        When a block re-run with grad does not reproduce the no-grad pass (``verify=True``).
     """
     if not isinstance(plan, (Plan, Schedule)):
         raise InvalidTypeError(
@@ -146,6 +161,14 @@ def backward(
             "vlrnn_planner: nothing to backpropagate; pass loss_fn (a per-block loss) "
             "and/or final_loss_fn (a loss on the final state)"
         )
+    if isinstance(plan, Plan) and plan.time_dim is not None:
+        if time_dim is None:
+            time_dim = plan.time_dim
+        elif time_dim != plan.time_dim:
+            raise TimeAxisError(
+                f"vlrnn_planner: time_dim={time_dim} contradicts the plan's time_dim={plan.time_dim} "
+                "(given to auto_plan); drop time_dim= here, or plan again with the axis you mean"
+            )
     if backend is None:
         backend = find_backend(cell)
     kwargs = dict(targets=targets, loss_fn=loss_fn, state=state, final_loss_fn=final_loss_fn, time_dim=time_dim)
@@ -154,11 +177,11 @@ def backward(
         kwargs["scaler"] = scaler
     if not verify:
         kwargs["verify"] = False
-    if progress is not None:
-        if not callable(progress):
+    if progress is not None and progress is not False:
+        if progress is not True and not callable(progress):
             raise InvalidTypeError(
-                f"vlrnn_planner: progress must be callable as progress(blocks_done, num_blocks), "
-                f"got {type(progress).__name__}"
+                f"vlrnn_planner: progress must be True (a progress bar) or callable as "
+                f"progress(blocks_done, num_blocks), got {type(progress).__name__}"
             )
         kwargs["progress"] = progress
     if isinstance(plan, Schedule):
@@ -167,14 +190,15 @@ def backward(
                 f"vlrnn_planner: the schedule is for {plan.seq_len} steps but the inputs have "
                 f"{shape.seq_len}; pass the Plan instead, or a schedule made for this length"
             )
-        schedule = plan
-        return backend.execute(schedule, cell, inputs, **kwargs)
+        with _progress(kwargs):
+            return backend.execute(plan, cell, inputs, **kwargs)
     schedule = plan.schedule(
         shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes, input_gradients=shape.input_gradients
     )
     for attempt in range(OUT_OF_MEMORY_RETRIES + 1):
         try:
-            return backend.execute(schedule, cell, inputs, **kwargs)
+            with _progress(kwargs):
+                return backend.execute(schedule, cell, inputs, **kwargs)
         except Exception as exc:  # NOTE [ Out of memory ]
             is_oom = getattr(backend, "is_out_of_memory", None)
             if attempt == OUT_OF_MEMORY_RETRIES or not (callable(is_oom) and is_oom(exc)):
@@ -192,3 +216,37 @@ def backward(
             )
             schedule = smaller
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class _ProgressBar:
+    """``progress(blocks_done, num_blocks)`` drawn as a tqdm bar over blocks, shown only when the
+    call lasts more than a second."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="block", desc="vlrnn_planner.backward", delay=1.0, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _progress(kwargs: dict[str, Any]):
+    """Put a fresh progress bar in ``kwargs`` for one attempt where ``progress=True``, and close it."""
+    if kwargs.get("progress") is not True:
+        yield
+        return
+    bar = _ProgressBar()
+    kwargs["progress"] = bar
+    try:
+        yield
+    finally:
+        bar.close()
+        kwargs["progress"] = True

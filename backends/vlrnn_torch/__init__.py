@@ -57,7 +57,8 @@ class TorchBackend:
     def inspect(self, cell, inputs, **kwargs) -> SequenceShape:
         """Validate a call before any work; return its sequence's shape."""
         _, view = self._prepare(cell, inputs, **kwargs)
-        return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes)
+        return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes,
+                             input_gradients=view.slices.require_grad)
 
     def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, **kwargs) -> Result:
         """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
