@@ -31,7 +31,10 @@ A schedule over ``n`` blocks of ``K`` steps with ``E`` forward evaluations runs 
 grad (``T`` steps in all) and ``E - n`` blocks without grad. The last block, the only short one, is
 never advanced without grad (its output state is not needed before its own backward), so the
 no-grad steps are ``(E - n) * K``. Every block evaluation also pays the profile's fixed
-``block_overhead_seconds``, which is what makes very short blocks slow.
+``block_overhead_seconds``, which is what makes very short blocks slow. A step costs more in long
+blocks on some devices (a block's activations outgrow the caches; fresh memory is faulted in): the
+profile's `CellProfile.time_scale` factors, measured at several block lengths, scale the seconds
+per step at each block's length, so the planner ranks block lengths as they measure.
 """
 
 from __future__ import annotations
@@ -369,11 +372,14 @@ def predicted_seconds(
     """
     k = min(block_length, workload.seq_len)
     advanced = max(forward_evaluations - num_blocks, 0)
-    advance = (
+    advance_scale, fb_scale = profile.time_scale(k)
+    advance = advance_scale * (
         advanced * k * profile.advance_seconds_per_step
         + workload.advance_sample_steps(k, advanced) * profile.advance_seconds_per_step_per_sample
     )
-    fb = workload.seq_len * profile.fb_seconds_per_step + workload.sample_steps * profile.fb_seconds_per_step_per_sample
+    fb = fb_scale * (
+        workload.seq_len * profile.fb_seconds_per_step + workload.sample_steps * profile.fb_seconds_per_step_per_sample
+    )
     return advance + fb + forward_evaluations * profile.block_overhead_seconds
 
 
@@ -608,11 +614,13 @@ class Chain:
             fixed_bytes=sum(size for _, size in head + tail),
             block_bytes=tuple(block_bytes(p, samples) for _, samples in spans),
             advance_seconds=tuple(
-                steps * p.advance_seconds_per_step + samples * p.advance_seconds_per_step_per_sample + p.block_overhead_seconds
+                p.time_scale(steps)[0] * (steps * p.advance_seconds_per_step + samples * p.advance_seconds_per_step_per_sample)
+                + p.block_overhead_seconds
                 for steps, samples in spans
             ),
             fb_seconds=tuple(
-                steps * p.fb_seconds_per_step + samples * p.fb_seconds_per_step_per_sample + p.block_overhead_seconds
+                p.time_scale(steps)[1] * (steps * p.fb_seconds_per_step + samples * p.fb_seconds_per_step_per_sample)
+                + p.block_overhead_seconds
                 for steps, samples in spans
             ),
             widest_sample_steps=widest,

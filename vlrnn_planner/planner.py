@@ -40,6 +40,7 @@ def auto_plan(
     time_dim: int | None = None,
     inputs_on_host: bool = False,
     block_multiple: int = 1,
+    batch_size: int | None = None,
     backend: Any = None,
 ) -> Plan:
     """Profile ``cell`` on its device and return a `Plan` that keeps to ``budget``.
@@ -74,6 +75,9 @@ def auto_plan(
     block_multiple : int, default 1
         The cell works in segments of this many steps: every block the plan makes starts at a
         multiple of it (the last may end at ``T``).
+    batch_size : int, optional
+        The batch the training will run, to profile at (the example's batch otherwise): times per
+        step depend on it, on a GPU most of all.
     backend : optional
         Overrides backend discovery.
 
@@ -106,6 +110,7 @@ def auto_plan(
         example_target=example_target,
         device=device,
         time_dim=time_dim,
+        **({} if batch_size is None else {"batch_size": batch_size}),
     )
     return plan_for_profile(
         profile, parsed, inputs_on_host=inputs_on_host, time_dim=time_dim, block_multiple=block_multiple

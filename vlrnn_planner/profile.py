@@ -13,7 +13,9 @@ The model behind the numbers, for a block of ``K`` steps over ``B`` sequences:
 - bytes a block takes while it runs without grad:
   ``transient_bytes_per_step * K * B + transient_bytes_fixed``;
 - seconds of a block without grad:
-  ``K * (advance_seconds_per_step + advance_seconds_per_step_per_sample * B) + block_overhead_seconds``;
+  ``K * s(K) * (advance_seconds_per_step + advance_seconds_per_step_per_sample * B) +
+  block_overhead_seconds``, where ``s(K)`` (`CellProfile.time_scale`) says how the cost of a step
+  changes with the block length (caches, allocations): 1 where nothing was measured;
 - seconds of a block run with grad and backpropagated: likewise with the ``fb_`` fields.
 """
 
@@ -29,7 +31,11 @@ from .budget import format_bytes, format_seconds
 from .errors import InvalidInputError
 from .records import read_bool, read_fields, read_int, read_number, read_optional, read_str
 
-__all__ = ["CellProfile", "describe_profile"]
+__all__ = ["CellProfile", "describe_profile", "TIMING_SPREAD_LIMIT"]
+
+#: Repeated timings of one block that lie further apart than this (max / min - 1) make a profile
+#: unreliable: something else was using the device (NOTE [ Noisy profiles ] in the torch profiler).
+TIMING_SPREAD_LIMIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,14 @@ class CellProfile:
         The same for a block run with grad and backpropagated.
     block_overhead_seconds : float
         Fixed seconds per block evaluation (launches, Python, bookkeeping), whatever its length.
+    step_time_scale : tuple of (int, float, float)
+        ``(block_length, no-grad factor, with-grad factor)``: the seconds per step at that block
+        length over those of the linear model, measured; `time_scale` interpolates between them in
+        ``log(block_length)`` and holds the end values beyond. Empty: 1 at every length.
+    timing_spread : float
+        How far repeated timings of the same block lay apart after retries (``max / min - 1`` of
+        the worst point): large when other work shared the device while profiling
+        (`timing_reliable`).
     device_total_bytes, device_free_bytes : int or None
         The device's memory when profiled: on a GPU from NVML (or the runtime), on CPU the host's
         MemTotal and MemAvailable; None where the device does not say.
@@ -117,6 +131,8 @@ class CellProfile:
     fb_seconds_per_step: float = 0.0
     fb_seconds_per_step_per_sample: float = 0.0
     block_overhead_seconds: float = 0.0
+    step_time_scale: tuple[tuple[int, float, float], ...] = ()
+    timing_spread: float = 0.0
     device_total_bytes: int | None = None
     device_free_bytes: int | None = None
     process_bytes: int | None = None
@@ -130,6 +146,14 @@ class CellProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.notes, tuple):
             object.__setattr__(self, "notes", tuple(self.notes))
+        scale = tuple(sorted((int(k), float(a), float(f)) for k, a, f in self.step_time_scale))
+        for k, a, f in scale:
+            if k < 1 or not (math.isfinite(a) and math.isfinite(f) and a > 0 and f > 0):
+                raise InvalidInputError(
+                    f"vlrnn_planner: CellProfile.step_time_scale entries must be (block length >= 1, "
+                    f"factor > 0, factor > 0), got {(k, a, f)!r}; re-profile the cell"
+                )
+        object.__setattr__(self, "step_time_scale", scale)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -138,6 +162,42 @@ class CellProfile:
                         f"vlrnn_planner: CellProfile.{f.name} must be a finite number >= 0, "
                         f"got {value!r}; re-profile the cell"
                     )
+
+    def time_scale(self, block_length: float) -> tuple[float, float]:
+        """The factors on the seconds per step at ``block_length`` (no grad, with grad).
+
+        Parameters
+        ----------
+        block_length : float
+            Steps per block.
+
+        Returns
+        -------
+        tuple of float
+            ``(no-grad factor, with-grad factor)``, linear in ``log(block_length)`` between the
+            measured lengths, the end values beyond them, ``(1, 1)`` without measurements.
+
+        Examples
+        --------
+        >>> p = CellProfile(step_time_scale=((16, 1.0, 1.2), (64, 1.0, 1.0), (256, 1.5, 1.1)))
+        >>> p.time_scale(32), p.time_scale(1000), p.time_scale(4)
+        ((1.0, 1.1), (1.5, 1.1), (1.0, 1.2))
+        """
+        points = self.step_time_scale
+        if not points:
+            return 1.0, 1.0
+        if block_length <= points[0][0]:
+            return points[0][1], points[0][2]
+        for (k0, a0, f0), (k1, a1, f1) in zip(points, points[1:]):
+            if block_length <= k1:
+                w = math.log(block_length / k0) / math.log(k1 / k0)
+                return a0 + w * (a1 - a0), f0 + w * (f1 - f0)
+        return points[-1][1], points[-1][2]
+
+    @property
+    def timing_reliable(self) -> bool:
+        """Whether repeated timings agreed (`timing_spread` at most `TIMING_SPREAD_LIMIT`)."""
+        return self.timing_spread <= TIMING_SPREAD_LIMIT
 
     @property
     def available_bytes(self) -> int | None:
@@ -164,6 +224,7 @@ class CellProfile:
         """
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["notes"] = list(self.notes)
+        data["step_time_scale"] = [list(entry) for entry in self.step_time_scale]
         return data
 
     @classmethod
@@ -203,6 +264,18 @@ def _optional_bytes(value: Any, where: str) -> int | None:
     return read_optional(value, where, read_int)
 
 
+def _read_scale(value: Any, where: str) -> tuple[tuple[int, float, float], ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError(f"vlrnn_planner: {where} must be a list of [block length, factor, factor], got {value!r}")
+    entries = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+            raise InvalidInputError(f"vlrnn_planner: {where}[{i}] must be [block length, factor, factor], got {entry!r}")
+        entries.append((read_int(entry[0], f"{where}[{i}][0]"), read_number(entry[1], f"{where}[{i}][1]"),
+                        read_number(entry[2], f"{where}[{i}][2]")))
+    return tuple(entries)
+
+
 # Each field's reader: its type and range (counts and sizes >= 0, as __post_init__ requires).
 _READERS: dict[str, Callable[[Any, str], Any]] = {
     **dict.fromkeys(("device", "device_name", "dtype", "cell", "measured_by"), read_str),
@@ -213,10 +286,11 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
             "activation_bytes_per_step", "activation_bytes_fixed", "transient_bytes_per_step",
             "transient_bytes_fixed", "advance_seconds_per_step", "advance_seconds_per_step_per_sample",
             "fb_seconds_per_step", "fb_seconds_per_step_per_sample", "block_overhead_seconds",
-            "profile_seconds",
+            "profile_seconds", "timing_spread",
         ),
         read_number,
     ),
+    "step_time_scale": _read_scale,
     **dict.fromkeys(("device_total_bytes", "device_free_bytes", "process_bytes", "allocator_reserved_bytes"), _optional_bytes),
     "loss_included": read_bool,
     "notes": _read_notes,
@@ -267,6 +341,16 @@ def describe_profile(profile: CellProfile) -> str:
             f"{format_bytes(p.device_free_bytes or 0)} free"
             + (f", this process {format_bytes(p.process_bytes)}" if p.process_bytes is not None else "")
             + (f", allocator holds {format_bytes(p.allocator_reserved_bytes)}" if p.allocator_reserved_bytes is not None else "")
+        )
+    if p.step_time_scale:
+        lines.append(
+            "  seconds per step by block length (no grad, with grad, relative): "
+            + ", ".join(f"K={k}: {a:.2f}, {f:.2f}" for k, a, f in p.step_time_scale)
+        )
+    if not p.timing_reliable:
+        lines.append(
+            f"  UNRELIABLE timings: repeated runs of one block differed by up to {100 * p.timing_spread:.0f}% "
+            "(other work shared the device?); profile again on a quiet device"
         )
     if p.profile_seconds:
         lines.append(f"  profiled in {format_seconds(p.profile_seconds)}")
