@@ -8,6 +8,7 @@ are found through the entry-point group ``vlrnn_planner.backends``.
 from __future__ import annotations
 
 import contextlib
+import traceback
 import warnings
 from typing import Any
 
@@ -36,9 +37,12 @@ __version__ = "0.1.0"
 
 # NOTE [ Out of memory ]
 # A call that runs out of memory leaves every .grad as it was (the executor's failure
-# atomicity), so a budget plan can try again: it plans to 3/4 of the failed schedule's predicted
-# peak (the prediction was too low by at least that much for this process), keeps the new
-# schedule for that shape, and warns. A fixed plan or a Schedule re-raises at once.
+# atomicity), so a budget plan can try again. The failed call's frames are cleared so that its
+# tensors go, the backend gives its cached memory back and says how much more the failed call
+# could have grown by on the device (`release_memory`; measured by the allocator when it failed);
+# the plan replans to what was resident plus 9/10 of that headroom (3/4 of the failed schedule's
+# predicted peak where the device does not say), keeps the new schedule for that shape, and warns.
+# A fixed plan or a Schedule re-raises at once.
 OUT_OF_MEMORY_RETRIES = 2
 
 __all__ = [
@@ -203,14 +207,19 @@ def backward(
             is_oom = getattr(backend, "is_out_of_memory", None)
             if attempt == OUT_OF_MEMORY_RETRIES or not (callable(is_oom) and is_oom(exc)):
                 raise
-            smaller = plan.replan_smaller(schedule, batch_sizes=shape.batch_sizes)
+            # Let go of the failed call's tensors (its frames hold them) before planning anew.
+            traceback.clear_frames(exc.__traceback__)
+            release = getattr(backend, "release_memory", None)
+            headroom = release() if callable(release) else None
+            smaller = plan.replan_smaller(schedule, batch_sizes=shape.batch_sizes, headroom_bytes=headroom)
             if smaller is None:
                 raise
             warnings.warn(
                 f"vlrnn_planner: out of memory with {schedule.strategy} K={schedule.block_length} "
-                f"(predicted peak {schedule.predicted_peak_bytes} bytes); gradients were restored, "
-                f"retrying with {smaller.strategy} K={smaller.block_length} (predicted peak "
-                f"{smaller.predicted_peak_bytes} bytes), which this plan keeps for this shape",
+                f"(predicted peak {schedule.predicted_peak_bytes} bytes"
+                + ("" if headroom is None else f"; the device had room for {headroom} bytes more")
+                + f"); gradients were restored, retrying with {smaller.strategy} K={smaller.block_length} "
+                f"(predicted peak {smaller.predicted_peak_bytes} bytes), which this plan keeps for this shape",
                 RuntimeWarning,
                 stacklevel=2,
             )

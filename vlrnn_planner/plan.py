@@ -37,6 +37,9 @@ from .records import (
 from .schedule import Schedule, describe_schedule
 from .solver import solve
 
+# Memory parts already on the device when a call begins (the rest is what the call adds).
+RESIDENT_PARTS = ("parameters", "gradients", "inputs", "targets")
+
 __all__ = ["Plan", "Document", "fixed_plan", "load_document", "describe_plan"]
 
 
@@ -192,11 +195,16 @@ class Plan:
     def _key(seq_len: int, batch_size: int | None, batch_sizes: Sequence[int] | None, input_gradients: bool) -> tuple:
         return (seq_len, batch_size, None if batch_sizes is None else tuple(batch_sizes), bool(input_gradients))
 
-    def replan_smaller(self, failed: Schedule, *, batch_sizes: Sequence[int] | None = None) -> Schedule | None:
-        """After ``failed`` ran out of memory, a schedule planned to 3/4 of its predicted peak.
+    def replan_smaller(
+        self, failed: Schedule, *, batch_sizes: Sequence[int] | None = None, headroom_bytes: int | None = None
+    ) -> Schedule | None:
+        """After ``failed`` ran out of memory, a schedule planned to what the device could give.
 
-        It replaces ``failed`` in the cache, for its shape, from now on (NOTE [ Out of memory ]
-        in `vlrnn_planner`).
+        With ``headroom_bytes`` (what the failed call could grow by, measured by the backend when
+        it failed), the new budget is what was resident before the call plus 9/10 of that
+        headroom; without it, 3/4 of the failed schedule's predicted peak. The new schedule
+        replaces ``failed`` in the cache, for its shape, from now on (NOTE [ Out of memory ] in
+        `vlrnn_planner`).
 
         Parameters
         ----------
@@ -204,6 +212,8 @@ class Plan:
             A schedule of this plan that ran out of memory.
         batch_sizes : sequence of int, optional
             The shape's batch sizes, where ``failed`` is not in the cache.
+        headroom_bytes : int, optional
+            Bytes the failed call could have grown by.
 
         Returns
         -------
@@ -212,10 +222,16 @@ class Plan:
         """
         if self.budget_bytes is None or failed.predicted_peak_bytes is None:
             return None
+        budget = failed.predicted_peak_bytes * 3 // 4
+        if headroom_bytes is not None:
+            resident = sum(size for name, size in failed.memory_parts if name in RESIDENT_PARTS)
+            budget = min(budget, resident + headroom_bytes * 9 // 10)
         key = next((k for k, s in self._cache.items() if s is failed), None)
         if key is None:
             key = self._key(failed.seq_len, failed.batch_size, batch_sizes, False)
-        smaller = replace(self, budget_bytes=failed.predicted_peak_bytes * 3 // 4, _cache={})
+        if budget < 1:
+            return None
+        smaller = replace(self, budget_bytes=budget, _cache={})
         try:
             schedule = smaller._resolve(*key)
         except InfeasibleBudgetError:

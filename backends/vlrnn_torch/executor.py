@@ -64,6 +64,7 @@ from vlrnn_planner.errors import (
 )
 
 from .capture import Reads, sequence_marker
+from .devices import is_out_of_memory
 from .cells import Adapter
 from .effects import BufferReplay, GradStash, ParametrizationCache, check_module_hooks, hooks_of
 from .probe import check_per_call_effects, tolerance
@@ -465,6 +466,7 @@ def run_schedule(
     verify: bool = True,
     keep: bool = True,
     observer: Observer | None = None,
+    on_out_of_memory: Callable[[int], None] | None = None,
 ) -> Result:
     """Carry out ``schedule``; see `vlrnn_planner.backward` for the contract.
 
@@ -487,6 +489,9 @@ def run_schedule(
         (the profiler measures real calls that way).
     observer : callable, optional
         ``observer(action, "before" | "after")`` around every action.
+    on_out_of_memory : callable, optional
+        Called with the bytes the call could still have grown by on its CUDA device when it ran
+        out of memory (the allocator's view at the failure), before its tensors are let go.
 
     Returns
     -------
@@ -522,6 +527,8 @@ def run_schedule(
         cuda_devices = devices_of([*adapter.cell.parameters(), *inputs, *state_leaves])
     stash = GradStash()
     rng_before = RNGState.capture(cuda_devices)
+    home = view.device if view.device is not None and view.device.type == "cuda" else None
+    allocated_before = torch.cuda.memory_allocated(home) if home is not None else 0
     buffers = BufferReplay(adapter.inner)
     parametrizations = ParametrizationCache(
         [] if adapter.kind == "step" or adapter.ddp is not None
@@ -571,7 +578,9 @@ def run_schedule(
                 "state that the loss depends on), so no gradient can flow, as loss.backward() would "
                 "complain; check that the parameters require grad and that loss_fn uses the outputs"
             )
-    except BaseException:
+    except BaseException as exc:
+        if home is not None and on_out_of_memory is not None and is_out_of_memory(exc):
+            on_out_of_memory(torch.cuda.memory_allocated(home) - allocated_before + torch.cuda.mem_get_info(home)[0])
         stash.rollback()
         if hook is not None:
             hook.remove()
