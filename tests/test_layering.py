@@ -40,9 +40,10 @@ MODULES: dict[str, tuple[str, set[str]]] = {
         "the cost model: memory parts, peak, seconds; per-block Chain costs",
         {"actions", "errors", "profile", "records", "schedule", "simulate", "strategies"},
     ),
+    "cuts": ("cuts of a shrinking batch on prefix sums of sample-steps", set()),
     "solver": (
         "solve(profile, budget, workload): the fastest schedule that fits",
-        {"budget", "cost", "errors", "profile", "records", "schedule", "strategies"},
+        {"budget", "cost", "cuts", "errors", "profile", "records", "schedule", "strategies"},
     ),
     "backends": ("the Backend protocol and discovery by entry point", {"errors"}),
     "plan": (

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from . import strategies
 from .actions import Action, Advance, ForwardBackward
@@ -535,10 +536,7 @@ def sample_step_prefix(batch_sizes: Sequence[int]) -> list[int]:
     list of int
         ``len(batch_sizes) + 1`` entries, from 0 to the total.
     """
-    prefix = [0]
-    for b in batch_sizes:
-        prefix.append(prefix[-1] + b)
-    return prefix
+    return [0, *accumulate(batch_sizes)]
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ from dataclasses import dataclass, replace
 from . import strategies
 from .budget import format_bytes
 from .cost import Chain, Estimate, Workload, estimate, peak_memory, sample_step_prefix
+from .cuts import cut_by_sample_steps
 from .errors import InfeasibleBudgetError, InvalidInputError
 from .profile import CellProfile
 from .records import positive_int
@@ -337,47 +338,6 @@ def _infeasible(problem: _Problem) -> InfeasibleBudgetError:
 # ---------------------------------------------------------------------------------------------
 # A shrinking batch: unequal blocks priced block by block
 # ---------------------------------------------------------------------------------------------
-
-
-def cut_by_sample_steps(batch_sizes: Sequence[int], cap: int, *, block_multiple: int = 1) -> tuple[int, ...]:
-    """Block boundaries for a shrinking batch, each block as long as ``cap`` sample-steps allow.
-
-    Each block holds at most ``cap`` sample-steps (steps times sequences running), except that a
-    segment over ``cap`` is a block of its own.
-
-    Parameters
-    ----------
-    batch_sizes : sequence of int
-        Sequences running at each step.
-    cap : int
-        Most sample-steps in a block.
-    block_multiple : int, default 1
-        Blocks are made of whole segments of this many steps (the last segment may be short);
-        NOTE [ Block multiples ].
-
-    Returns
-    -------
-    tuple of int
-        The start step of every block, then the number of steps.
-
-    Examples
-    --------
-    >>> cut_by_sample_steps([4, 4, 2, 2, 1, 1, 1, 1], 4)
-    (0, 1, 2, 4, 8)
-    >>> cut_by_sample_steps([4, 4, 2, 2, 1, 1, 1, 1], 4, block_multiple=2)
-    (0, 2, 4, 8)
-    """
-    seq_len, m = len(batch_sizes), block_multiple
-    widths = batch_sizes if m == 1 else [sum(batch_sizes[s : s + m]) for s in range(0, seq_len, m)]
-    bounds = [0]
-    total = 0
-    for segment, width in enumerate(widths):
-        if total and total + width > cap:
-            bounds.append(segment * m)
-            total = 0
-        total += width
-    bounds.append(seq_len)
-    return tuple(bounds)
 
 
 def _block_counts(limit: int) -> list[int]:
