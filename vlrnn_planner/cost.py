@@ -40,6 +40,7 @@ per step at each block's length, so the planner ranks block lengths as they meas
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -57,6 +58,9 @@ __all__ = [
     "Estimate",
     "Workload",
     "block_bytes",
+    "largest_block",
+    "boundary_state_bytes",
+    "held_bytes",
     "memory_parts",
     "peak_memory",
     "predicted_seconds",
@@ -216,9 +220,85 @@ def block_bytes(profile: CellProfile, sample_steps: float) -> int:
     return math.ceil(max(with_grad, no_grad))
 
 
-def _state_bytes(profile: CellProfile, workload: Workload) -> float:
-    """One boundary state of the full batch, with its fixed companions."""
+def largest_block(profile: CellProfile, room_bytes: float) -> int:
+    """The most sample-steps whose block in flight fits ``room_bytes``: the inverse of `block_bytes`.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes.
+    room_bytes : float
+        Bytes left for the block.
+
+    Returns
+    -------
+    int
+        The largest ``x`` with ``block_bytes(profile, x) <= room_bytes``; -1 if not even an empty
+        block fits; `sys.maxsize` if a block's bytes do not grow with its sample-steps.
+
+    Examples
+    --------
+    >>> p = CellProfile(activation_bytes_per_step=100.0, activation_bytes_fixed=1000.0,
+    ...                 transient_bytes_per_step=10.0, transient_bytes_fixed=5000.0)
+    >>> largest_block(p, 9000), block_bytes(p, 80), block_bytes(p, 81)
+    (80, 9000, 9100)
+    >>> largest_block(p, 4999)
+    -1
+    """
+    room = math.floor(room_bytes)
+    most = math.inf
+    for per_step, fixed in (
+        (profile.activation_bytes_per_step, profile.activation_bytes_fixed),
+        (profile.transient_bytes_per_step, profile.transient_bytes_fixed),
+    ):
+        if fixed > room:
+            return -1
+        if per_step > 0:
+            most = min(most, (room - fixed) / per_step)
+    if most == math.inf:
+        return sys.maxsize
+    x = int(most)
+    while x >= 0 and block_bytes(profile, x) > room:  # the division may round up
+        x -= 1
+    return x
+
+
+def boundary_state_bytes(profile: CellProfile, workload: Workload) -> float:
+    """Bytes of one boundary state of the full batch, with its fixed companions.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes.
+    workload : Workload
+        The step's data.
+
+    Returns
+    -------
+    float
+    """
     return profile.state_bytes_per_sample * workload.batch_size + profile.state_bytes_fixed
+
+
+def held_bytes(profile: CellProfile, workload: Workload, *, widest_sample_steps: int) -> int:
+    """Bytes held throughout the step: all the parts of NOTE [ Peak memory model ] but the states
+    and the block in flight.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes.
+    workload : Workload
+        The step's data.
+    widest_sample_steps : int
+        Sample-steps of the widest block (what inputs kept on the host leave on the device).
+
+    Returns
+    -------
+    int
+    """
+    head, tail = _held_throughout(profile, workload, widest_sample_steps)
+    return sum(size for _, size in head + tail)
 
 
 def _held_throughout(
@@ -329,7 +409,7 @@ def peak_memory(
         profile,
         workload,
         widest_sample_steps=widest,
-        stored_bytes=math.ceil(stored_states * _state_bytes(profile, workload)),
+        stored_bytes=math.ceil(stored_states * boundary_state_bytes(profile, workload)),
         block_in_flight=block_bytes(profile, widest),
     )
     return sum(b for _, b in parts), parts
@@ -515,7 +595,7 @@ def estimate(
     peak, parts = peak_memory(profile, workload, block_length=k, stored_states=stored)
     seconds = predicted_seconds(profile, workload, block_length=k, num_blocks=n, forward_evaluations=evaluations)
     block = dict(parts)[BLOCK]
-    return Estimate(peak, seconds, parts, evaluations, stored, _state_bytes(profile, workload), block, _fixed_bytes(parts))
+    return Estimate(peak, seconds, parts, evaluations, stored, boundary_state_bytes(profile, workload), block, _fixed_bytes(parts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,11 +685,10 @@ class Chain:
         bounds = tuple(bounds)
         spans = [(b - a, prefix[b] - prefix[a]) for a, b in zip(bounds, bounds[1:])]
         widest = max(samples for _, samples in spans)
-        head, tail = _held_throughout(p, workload, widest)
         return cls(
             bounds=bounds,
-            state_bytes=_state_bytes(p, workload),
-            fixed_bytes=sum(size for _, size in head + tail),
+            state_bytes=boundary_state_bytes(p, workload),
+            fixed_bytes=held_bytes(p, workload, widest_sample_steps=widest),
             block_bytes=tuple(block_bytes(p, samples) for _, samples in spans),
             advance_seconds=tuple(
                 p.time_scale(steps)[0] * (steps * p.advance_seconds_per_step + samples * p.advance_seconds_per_step_per_sample)
