@@ -152,7 +152,7 @@ def test_planner_schedules_with_splits_agree_with_simulator():
     from vlrnn_planner.planner import plan_for_profile
 
     sizes = shrinking(800, 64, power=4.0)
-    s = plan_for_profile(PROFILE, 14 * 10**6).schedule(800, 64, batch_sizes=sizes)
+    s = plan_for_profile(PROFILE, 14 * 10**6, search="full").schedule(800, 64, batch_sizes=sizes)
     assert s.strategy == "binomial" and s.splits
     sim = simulated(s, PROFILE, sizes, 64)
     assert math.ceil(sim.peak_bytes) == s.predicted_peak_bytes <= 14 * 10**6

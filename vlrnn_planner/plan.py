@@ -35,7 +35,7 @@ from .records import (
     write_document,
 )
 from .schedule import Schedule, describe_schedule
-from .solver import solve
+from .solver import SEARCHES, solve
 
 # Memory parts already on the device when a call begins (the rest is what the call adds).
 RESIDENT_PARTS = ("parameters", "gradients", "inputs", "targets")
@@ -53,6 +53,12 @@ def _read_profile(value: Any, where: str) -> CellProfile:
             )
         value = {k: v for k, v in value.items() if k != "__type__"}
     return CellProfile.from_dict(value, where=where)
+
+
+def _read_search(value: Any, where: str) -> str:
+    if read_str(value, where) not in SEARCHES:
+        raise InvalidInputError(f"vlrnn_planner: {where} must be one of {', '.join(SEARCHES)}, got {value!r}")
+    return value
 
 
 def _read_strategy(value: Any, where: str) -> str:
@@ -73,6 +79,7 @@ _PLAN_READERS = {
     "inputs_on_host": read_bool,
     "time_dim": partial(read_optional, read=read_int, minimum=None),
     "block_multiple": partial(read_int, minimum=1),
+    "search": _read_search,
 }
 
 
@@ -113,6 +120,10 @@ class Plan:
     block_multiple : int
         The cell works in segments of this many steps: every block starts at a multiple of it
         (NOTE [ Block multiples ] in `vlrnn_planner.solver`).
+    search : {"quick", "full"}
+        How a budget plan searches the cuts of a batch that shrinks (``solve``'s ``search``):
+        ``"quick"`` plans each new set of lengths in milliseconds, ``"full"`` searches further,
+        for up to a second.
 
     Raises
     ------
@@ -130,6 +141,7 @@ class Plan:
     inputs_on_host: bool = False
     time_dim: int | None = None
     block_multiple: int = 1
+    search: str = "quick"
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -287,7 +299,7 @@ class Plan:
             inputs_on_host=self.inputs_on_host,
             input_gradients=input_gradients,
         )
-        return solve(self.profile, self.budget_bytes, workload, block_multiple=self.block_multiple)
+        return solve(self.profile, self.budget_bytes, workload, block_multiple=self.block_multiple, search=self.search)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict of primitives (the profile as a dict); the cache is not written.

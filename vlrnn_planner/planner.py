@@ -42,6 +42,7 @@ def auto_plan(
     block_multiple: int = 1,
     batch_size: int | None = None,
     backend: Any = None,
+    search: str = "quick",
 ) -> Plan:
     """Profile ``cell`` on its device and return a `Plan` that keeps to ``budget``.
 
@@ -80,6 +81,10 @@ def auto_plan(
         step depend on it, on a GPU most of all.
     backend : optional
         Overrides backend discovery.
+    search : {"quick", "full"}, default "quick"
+        How the plan searches the cuts of a batch that shrinks (packed sequences): ``"quick"``
+        plans each new set of lengths in milliseconds, ``"full"`` searches further, for up to a
+        second (`vlrnn_planner.solver.solve`).
 
     Returns
     -------
@@ -113,7 +118,7 @@ def auto_plan(
         **({} if batch_size is None else {"batch_size": batch_size}),
     )
     return plan_for_profile(
-        profile, parsed, inputs_on_host=inputs_on_host, time_dim=time_dim, block_multiple=block_multiple
+        profile, parsed, inputs_on_host=inputs_on_host, time_dim=time_dim, block_multiple=block_multiple, search=search
     )
 
 
@@ -124,6 +129,7 @@ def plan_for_profile(
     inputs_on_host: bool = False,
     time_dim: int | None = None,
     block_multiple: int = 1,
+    search: str = "quick",
 ) -> Plan:
     """A budget `Plan` from a profile measured earlier (no backend needed).
 
@@ -139,6 +145,8 @@ def plan_for_profile(
         The inputs' time axis, kept in the plan.
     block_multiple : int, default 1
         As for `auto_plan`.
+    search : {"quick", "full"}, default "quick"
+        As for `auto_plan`.
 
     Returns
     -------
@@ -148,7 +156,8 @@ def plan_for_profile(
     ------
     InvalidInputError
         For something that is not a `CellProfile`, a budget that does not parse or resolve,
-        inputs on the host of a CPU, or a block multiple that is not a positive int.
+        inputs on the host of a CPU, a block multiple that is not a positive int, or an unknown
+        ``search``.
 
     Examples
     --------
@@ -178,4 +187,5 @@ def plan_for_profile(
         inputs_on_host=inputs_on_host,
         time_dim=time_dim,
         block_multiple=positive_int("block_multiple", block_multiple, hint="pass the steps of the cell's segments"),
+        search=search,
     )

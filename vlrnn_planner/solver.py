@@ -36,7 +36,8 @@ block's activations and time follow its sample-steps (the sum of ``batch_sizes``
 while every boundary state holds the full batch (finished sequences pass through). Blocks of
 equal steps are then uneven: the first is the widest, the last may be nearly empty. When the
 batch shrinks, `solve` prices chains of unequal blocks block by block (`vlrnn_planner.cost.Chain`,
-as rotor does for heterogeneous chains):
+as rotor does for heterogeneous chains). The full search (``search="full"``) goes as follows;
+the quick one (NOTE [ Planning a packed batch per call ]) prices its few cuts the same way.
 
 - the cuts tried are blocks of about equal sample-steps (`cut_by_sample_steps` with a cap
   ``ceil(S / n)`` for ``n`` blocks, ``S`` the total sample-steps) and, so that the result is never
@@ -63,8 +64,49 @@ as rotor does for heterogeneous chains):
   in one solve. Cuts of about equal sample-steps have nearly equal advance costs, so there the
   gain is small; it is larger on cuts of equal steps.
 
-Block counts are tried exhaustively up to 64, then about 5% apart, so the search costs about
-``20 T`` operations at most.
+Block counts are tried exhaustively up to 64, then about 5% apart: some 250 cuts for 3,000 steps,
+0.1 to 1.3 s in CPython with the DP.
+
+NOTE [ Planning a packed batch per call ]
+-----------------------------------------
+A training loop on packed batches brings new lengths at every step, and `Plan` plans each new
+set anew. The quick search (``search="quick"``, the default) makes a few cuts from the budget
+instead of searching many, and prices them as the full search does. With ``R(h)`` the bytes the
+budget leaves for a block run beside ``h`` boundary states, and ``cap(h)`` the most sample-steps
+whose block fits in ``R(h)`` (`vlrnn_planner.cost.largest_block`):
+
+- ``blocks``: block ``b`` runs beside ``b + 2`` states, so it may hold ``cap(b + 2)``. The
+  fewest blocks that keep to these caps, the last as long as it may be (NOTE [ Greedy cuts
+  against caps ] in `vlrnn_planner.cuts`), give the fastest ``blocks`` schedule of any cut
+  under a time model without per-length factors (``step_time_scale``): its time is every
+  block's seconds with grad, plus the advance of every block but the last, plus ``2 n - 1``
+  overheads, and no cut that fits has fewer blocks or a longer last block. The full search's
+  cuts have equal caps or equal steps, so this one is often faster than all of them;
+- ``binomial`` with ``c`` checkpoints holds at most ``c + 2`` states beside any block, so blocks
+  of ``cap(c + 2)`` fit; the fewest such blocks are cut greedily. Every ``c`` is screened in
+  closed form (``ceil(S / cap)`` blocks of equal cost, `strategies.forward_evaluations`), the
+  best three are cut and ranked again on their real block counts, and the best is walked; the
+  DP over unequal blocks runs on it where it costs at most 20,000 terms;
+- the schedule planned as if every block were the widest, priced block by block, as in the
+  full search: the result is never slower than it.
+
+Why the budget holds: the caps only choose the cuts. Every candidate is then priced on the
+actual batch by the simulator's memory model, exactly as in the full search (``blocks`` in
+closed form, ``binomial`` walked), and kept only if that peak is within the budget; the
+prediction returned is that peak. ``fixed`` in ``R(h)`` is what is held throughout with the
+widest block the budget allows (with the inputs on the host it grows with the widest block), at
+least what any cut that fits holds, so a cut made to the caps fits unless rounding says
+otherwise. Where the quick search finds nothing that fits, the full search runs: the quick one
+never turns down a budget that the full one meets. ``search="full"`` starts from the quick
+search's result, so it is never slower than it.
+
+Cost: prefix sums in ``O(T)``, ``O(n log T)`` per cut (bisection on the prefix sums), the
+checkpoint counts in closed form, and one walk of ``O(n)`` actions: a few milliseconds for 32
+sequences of 500 to 3,000 steps (`benchmarks/bench_packed_planning.py`). A plan per bucket of
+lengths, made for the bucket's worst case (the full batch over its longest sequence), would be
+cheaper still, but it counts the inputs of that full batch: at tight budgets it finds nothing
+where the packed batch fits, and elsewhere its blocks are too short (up to half as slow again,
+predicted, in the benchmark).
 """
 
 from __future__ import annotations
@@ -72,22 +114,41 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from heapq import nsmallest
+from operator import sub
+from typing import Literal
 
 from . import strategies
 from .budget import format_bytes
-from .cost import Chain, Estimate, Workload, estimate, peak_memory, sample_step_prefix
-from .cuts import cut_by_sample_steps
+from .cost import (
+    Chain,
+    Estimate,
+    Workload,
+    block_bytes,
+    boundary_state_bytes,
+    estimate,
+    held_bytes,
+    largest_block,
+    peak_memory,
+    sample_step_prefix,
+)
+from .cuts import cut_by_sample_steps, cut_to_caps, segment_prefix, to_steps
 from .errors import InfeasibleBudgetError, InvalidInputError
 from .profile import CellProfile
 from .records import positive_int
 from .schedule import Schedule
 
 __all__ = [
+    "SEARCHES",
     "solve",
     "minimum_peak",
     "candidate_block_lengths",
     "cut_by_sample_steps",
 ]
+
+Search = Literal["quick", "full"]
+#: How `solve` searches the cuts of a batch that shrinks (NOTE [ Planning a packed batch per call ]).
+SEARCHES = ("quick", "full")
 
 
 def candidate_block_lengths(seq_len: int, block_multiple: int = 1) -> list[int]:
@@ -181,7 +242,14 @@ class _Problem:
         )
 
 
-def solve(profile: CellProfile, budget_bytes: int, workload: Workload, *, block_multiple: int = 1) -> Schedule:
+def solve(
+    profile: CellProfile,
+    budget_bytes: int,
+    workload: Workload,
+    *,
+    block_multiple: int = 1,
+    search: Search = "quick",
+) -> Schedule:
     """The fastest schedule whose predicted peak fits ``budget_bytes``, for one input shape.
 
     Plain BPTT (``"store_all"``) when it fits; otherwise blocks of the block length with the lowest
@@ -200,6 +268,12 @@ def solve(profile: CellProfile, budget_bytes: int, workload: Workload, *, block_
         gradients.
     block_multiple : int, default 1
         Every block starts at a multiple of this many steps (NOTE [ Block multiples ]).
+    search : {"quick", "full"}, default "quick"
+        For a batch that shrinks: ``"quick"`` prices a few cuts made to the budget, in about
+        ``O(T)`` (NOTE [ Planning a packed batch per call ]); ``"full"`` also searches the cuts
+        of NOTE [ Per-block costs of a shrinking batch ] and binomial splits over unequal
+        blocks, up to a second for thousands of steps, and is never slower than ``"quick"``.
+        Batches that do not shrink are searched in closed form either way.
 
     Returns
     -------
@@ -211,8 +285,8 @@ def solve(profile: CellProfile, budget_bytes: int, workload: Workload, *, block_
     InfeasibleBudgetError
         If no schedule fits; ``minimum_bytes`` is the smallest predicted peak of any schedule.
     InvalidInputError
-        For a profile that is not a `CellProfile`, or a budget or block multiple that is not a
-        positive int.
+        For a profile that is not a `CellProfile`, a budget or block multiple that is not a
+        positive int, or an unknown ``search``.
 
     Examples
     --------
@@ -238,20 +312,30 @@ def solve(profile: CellProfile, budget_bytes: int, workload: Workload, *, block_
         workload,
         positive_int("block_multiple", block_multiple, hint="pass the steps of the cell's segments"),
     )
+    if search not in SEARCHES:
+        raise InvalidInputError(f"vlrnn_planner: unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
     baseline = estimate(profile, workload, strategy="store_all", block_length=workload.seq_len)
     if baseline.peak_bytes <= budget_bytes:
         return problem.schedule("store_all", workload.seq_len, baseline, baseline.seconds)
     if workload.batch_sizes is not None and len(set(workload.batch_sizes)) > 1:
-        return _solve_shrinking(problem, baseline.seconds)
-    best: tuple[float, str, int, int | None, Estimate] | None = None
-    for strategy, k, checkpoints in _shapes(profile, workload, budget_bytes, block_multiple):
-        e = estimate(profile, workload, strategy=strategy, block_length=k, checkpoints=checkpoints)
-        if e.peak_bytes <= budget_bytes and (best is None or e.seconds < best[0]):
-            best = (e.seconds, strategy, k, checkpoints, e)
+        return _solve_shrinking(problem, baseline.seconds, search)
+    best = _fastest_equal_blocks(problem)
     if best is None:
         raise _infeasible(problem)
-    _, strategy, k, checkpoints, e = best
+    strategy, k, checkpoints, e = best
     return problem.schedule(strategy, k, e, baseline.seconds, checkpoints=checkpoints)
+
+
+def _fastest_equal_blocks(problem: _Problem) -> tuple[str, int, int | None, Estimate] | None:
+    """The fastest fitting shape of equal blocks: strategy, K, checkpoints and its estimate; None
+    if none fits."""
+    profile, workload, budget = problem.profile, problem.workload, problem.budget_bytes
+    best: tuple[str, int, int | None, Estimate] | None = None
+    for strategy, k, checkpoints in _shapes(profile, workload, budget, problem.block_multiple):
+        e = estimate(profile, workload, strategy=strategy, block_length=k, checkpoints=checkpoints)
+        if e.peak_bytes <= budget and (best is None or e.seconds < best[3].seconds):
+            best = (strategy, k, checkpoints, e)
+    return best
 
 
 def minimum_peak(profile: CellProfile, workload: Workload, *, block_multiple: int = 1) -> Estimate:
@@ -390,31 +474,22 @@ class _Best:
     splits: tuple[int, ...] = ()
 
 
-def _widest(problem: _Problem, prefix: Sequence[int]) -> _Best | None:
-    """The schedule planned as if every block were the widest, priced block by block."""
-    try:
-        widest = solve(problem.profile, problem.budget_bytes, replace(problem.workload, batch_sizes=None),
-                       block_multiple=problem.block_multiple)
-    except InfeasibleBudgetError:
-        return None
-    if widest.strategy == "store_all":
-        return None
-    seq_len = problem.workload.seq_len
-    chain = Chain.from_profile(problem.profile, problem.workload, tuple(range(0, seq_len, widest.block_length)) + (seq_len,), prefix)
-    peak, seconds, at = chain.walk_cost(strategies.generate(widest))
-    if peak > problem.budget_bytes:
-        return None
-    checkpoints = widest.checkpoints if widest.strategy == "binomial" else None
-    return _Best(seconds, peak, widest.strategy, checkpoints, chain, at)
-
-
-def _solve_shrinking(problem: _Problem, baseline: float) -> Schedule:
-    """The fastest fitting schedule over unequal blocks (NOTE [ Per-block costs of a shrinking
-    batch ]). The schedule planned as if every block were the widest is priced block by block
-    too, so the result is never slower than it."""
-    profile, budget = problem.profile, problem.budget_bytes
+def _solve_shrinking(problem: _Problem, baseline: float, search: Search) -> Schedule:
+    """The fastest fitting schedule over unequal blocks: the quick search (NOTE [ Planning a
+    packed batch per call ]), then for ``search="full"``, or where it found nothing, the full
+    one (NOTE [ Per-block costs of a shrinking batch ]) with its result to beat."""
     prefix = sample_step_prefix(problem.workload.batch_sizes)
-    best = _widest(problem, prefix)
+    best = _quick_search(problem, prefix)
+    if search == "full" or best is None:
+        best = _full_search(problem, prefix, best)
+    if best is None:
+        raise _infeasible(problem)
+    return _chain_schedule(problem, best, baseline)
+
+
+def _full_search(problem: _Problem, prefix: Sequence[int], best: _Best | None) -> _Best | None:
+    """The fastest fitting schedule over the cuts of `_chains`, if faster than ``best``."""
+    profile, budget = problem.profile, problem.budget_bytes
     uneven: list[tuple[float, Chain, int]] = []  # binomial cuts the DP may speed up
     for chain in _chains(problem, prefix):
         n = chain.n
@@ -443,16 +518,13 @@ def _solve_shrinking(problem: _Problem, baseline: float) -> Schedule:
         if best is None or seconds < best.seconds:
             best = _Best(seconds, peak, shape[0], shape[1], chain, at)
     if best is not None:
-        best = _faster_splits(problem, best, uneven)
-    if best is None:
-        raise _infeasible(problem)
-    return _chain_schedule(problem, best, baseline)
+        best = _faster_splits(problem, best, uneven, _DP_TOTAL_WORK)
+    return best
 
 
-def _faster_splits(problem: _Problem, best: _Best, uneven: list[tuple[float, Chain, int]]) -> _Best:
+def _faster_splits(problem: _Problem, best: _Best, uneven: list[tuple[float, Chain, int]], work_left: int) -> _Best:
     """The DP over unequal advance costs, on the binomial cuts that could still win, most
-    promising first, within a bound on its work."""
-    work_left = _DP_TOTAL_WORK
+    promising first, within ``work_left`` terms."""
     for lower, chain, c in sorted(uneven, key=lambda entry: entry[0]):
         if lower >= best.seconds:
             break
@@ -467,6 +539,158 @@ def _faster_splits(problem: _Problem, best: _Best, uneven: list[tuple[float, Cha
             if peak <= problem.budget_bytes:
                 best = _Best(seconds, peak, "binomial", c, chain, at, splits)
     return best
+
+
+# ---------------------------------------------------------------------------------------------
+# A shrinking batch, planned per call: cuts made to the budget
+# ---------------------------------------------------------------------------------------------
+
+_QUICK_CANDIDATES = 3  # binomial checkpoint counts cut and ranked again, of the best screened
+_QUICK_DP_WORK = 20_000  # split terms of the DP in a quick search (a few ms)
+
+
+@dataclass(frozen=True)
+class _Room:
+    """What the budget leaves for the blocks of a shrinking batch (NOTE [ Planning a packed
+    batch per call ]): every block at most ``widest`` sample-steps, ``fixed`` the bytes held
+    throughout with such a block, ``state`` one boundary state."""
+
+    problem: _Problem
+    prefix: Sequence[int]
+    segments: list[int]
+    state: float
+    fixed: int
+    widest: int
+
+    @classmethod
+    def of(cls, problem: _Problem, prefix: Sequence[int]) -> _Room:
+        """The room of ``problem``; ``widest`` is -1 where not even a block of one segment fits."""
+        profile, workload, budget = problem.profile, problem.workload, problem.budget_bytes
+        state = boundary_state_bytes(profile, workload)
+        total = prefix[-1]
+        if workload.inputs_on_host:  # the held bytes grow with the widest block: bisect it
+            low, high = -1, total
+            while low < high:
+                mid = (low + high + 1) // 2
+                held = held_bytes(profile, workload, widest_sample_steps=mid)
+                if held + 2 * state + block_bytes(profile, mid) <= budget:
+                    low = mid
+                else:
+                    high = mid - 1
+            widest = low
+            fixed = held_bytes(profile, workload, widest_sample_steps=max(widest, 0))
+        else:
+            fixed = held_bytes(profile, workload, widest_sample_steps=total)
+            widest = min(total, largest_block(profile, budget - fixed - 2 * state))
+        segments = segment_prefix(prefix, problem.block_multiple)
+        return cls(problem, prefix, segments, state, fixed, widest)
+
+    def cap(self, states: int) -> int:
+        """The most sample-steps of a block run beside ``states`` boundary states."""
+        room = self.problem.budget_bytes - self.fixed - states * self.state
+        return min(self.widest, largest_block(self.problem.profile, room))
+
+    def steps(self, bounds: Sequence[int]) -> tuple[int, ...]:
+        """Segment boundaries in steps."""
+        return to_steps(bounds, self.problem.workload.seq_len, self.problem.block_multiple)
+
+    def chain(self, bounds: Sequence[int]) -> Chain:
+        """The per-block costs of the cut at segment boundaries ``bounds``."""
+        return Chain.from_profile(self.problem.profile, self.problem.workload, self.steps(bounds), self.prefix)
+
+
+def _quick_search(problem: _Problem, prefix: Sequence[int]) -> _Best | None:
+    """The fastest of a few cuts made to the budget, priced exactly (NOTE [ Planning a packed
+    batch per call ])."""
+    room = _Room.of(problem, prefix)
+    best = None
+    if room.widest >= 0:
+        best = _capped_blocks(room)
+        best = _capped_binomial(room, best)
+    return _widest(problem, prefix, best)
+
+
+def _capped_blocks(room: _Room) -> _Best | None:
+    """``blocks`` over the fewest blocks that fit, the last one as long as it may be."""
+    def caps(b: int) -> int:
+        return room.cap(b + 2)  # b stored before block b, its input state, the delta at its output
+
+    front = cut_to_caps(room.segments, caps)
+    if front is None or len(front) < 3:
+        return None  # nothing fits, or one block: plain BPTT, which did not fit
+    bounds = cut_to_caps(room.segments, caps, num_blocks=len(front) - 1) or front
+    chain = room.chain(bounds)
+    peak, seconds, at = chain.blocks_cost()
+    if peak > room.problem.budget_bytes:
+        return None
+    return _Best(seconds, peak, "blocks", None, chain, at)
+
+
+def _capped_binomial(room: _Room, best: _Best | None) -> _Best | None:
+    """``binomial`` with ``c`` checkpoints over blocks of at most what ``c + 2`` states leave,
+    the ``c`` screened in closed form; faster than ``best`` or ``best``."""
+    problem, segments = room.problem, room.segments
+    profile, workload = problem.profile, problem.workload
+    if room.state <= 0:
+        return best
+    widest_segment = max(map(sub, segments[1:], segments[:-1]))
+    most = int((problem.budget_bytes - room.fixed - block_bytes(profile, widest_segment)) // room.state) - 2
+    total, seq_len, overhead = room.prefix[-1], workload.seq_len, profile.block_overhead_seconds
+
+    def advance(steps: int) -> float:  # seconds of the first ``steps`` steps without grad
+        return profile.advance_seconds_per_step * steps + profile.advance_seconds_per_step_per_sample * room.prefix[steps]
+
+    fb = profile.fb_seconds_per_step * seq_len + profile.fb_seconds_per_step_per_sample * total
+    screened = []
+    for c in _block_counts(most):
+        cap = room.cap(c + 2)
+        n = -(-total // cap) if cap >= widest_segment else 0
+        if n <= c + 1:
+            break  # the cap is below a segment, or every boundary fits: blocks, done above
+        e = strategies.forward_evaluations("binomial", n, checkpoints=c)
+        screened.append((fb + (e - n) * advance(seq_len) / n + e * overhead, c, cap))
+    ranked = []
+    for _, c, cap in nsmallest(_QUICK_CANDIDATES, screened):
+        bounds = cut_to_caps(segments, lambda _b, cap=cap: cap)
+        n = len(bounds) - 1 if bounds is not None else 0
+        c = min(c, n - 2)
+        if c >= 1:
+            e = strategies.forward_evaluations("binomial", n, checkpoints=c)
+            head = room.steps(bounds[-2:-1])[0]
+            ranked.append((fb + n * overhead + (e - n) * (advance(head) / (n - 1) + overhead), c, bounds))
+    if not ranked:
+        return best
+    _, c, bounds = min(ranked)
+    chain = room.chain(bounds)
+    lower = chain.blocks_cost()[1]
+    if best is not None and lower >= best.seconds:
+        return best  # blocks' time, the least any schedule on this cut can take
+    peak, seconds, at = chain.walk_cost(strategies.binomial(chain.n, c))
+    if peak > problem.budget_bytes or (best is not None and seconds >= best.seconds):
+        return best
+    found = _Best(seconds, peak, "binomial", c, chain, at)
+    return _faster_splits(problem, found, [(lower, chain, c)], _QUICK_DP_WORK)
+
+
+def _widest(problem: _Problem, prefix: Sequence[int], best: _Best | None) -> _Best | None:
+    """The schedule planned as if every block were the widest, priced block by block, if it fits
+    and is faster than ``best``; ``best`` otherwise."""
+    uniform = _fastest_equal_blocks(replace(problem, workload=replace(problem.workload, batch_sizes=None)))
+    if uniform is None:
+        return best
+    strategy, k, checkpoints, _ = uniform
+    if strategy == "store_all":
+        return best  # it fits the widest batch, so plain BPTT fitted this one: not asked here
+    seq_len = problem.workload.seq_len
+    chain = Chain.from_profile(problem.profile, problem.workload, tuple(range(0, seq_len, k)) + (seq_len,), prefix)
+    peak, seconds, at = chain.blocks_cost()
+    if best is not None and seconds >= best.seconds:
+        return best  # blocks' time, the least any schedule on this cut can take
+    if strategy == "binomial":
+        peak, seconds, at = chain.walk_cost(strategies.binomial(chain.n, checkpoints))
+    if peak > problem.budget_bytes or (best is not None and seconds >= best.seconds):
+        return best
+    return _Best(seconds, peak, strategy, checkpoints, chain, at)
 
 
 def _chain_schedule(problem: _Problem, best: _Best, baseline: float) -> Schedule:
