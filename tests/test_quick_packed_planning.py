@@ -195,3 +195,15 @@ def test_search_is_a_plan_option():
         vp.Plan(budget_bytes=10**6, search="fast")
     with pytest.raises(InvalidInputError, match="unknown search 'fast'"):
         solve(LSTM_PROFILE, 10**6, Workload(10, 2), search="fast")
+
+
+def test_a_budget_below_any_block_is_turned_down_without_the_full_search(monkeypatch):
+    from vlrnn_planner import solver
+
+    def full_search(*args):
+        raise AssertionError("the full search ran")
+
+    monkeypatch.setattr(solver, "_full_search", full_search)
+    sizes = packed([900, 700, 300, 100])
+    with pytest.raises(InfeasibleBudgetError, match="no schedule fits"):
+        solve(LSTM_PROFILE, LSTM_PROFILE.parameter_bytes * 2, Workload(len(sizes), 4, sizes))

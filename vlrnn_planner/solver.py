@@ -479,8 +479,9 @@ def _solve_shrinking(problem: _Problem, baseline: float, search: Search) -> Sche
     packed batch per call ]), then for ``search="full"``, or where it found nothing, the full
     one (NOTE [ Per-block costs of a shrinking batch ]) with its result to beat."""
     prefix = sample_step_prefix(problem.workload.batch_sizes)
-    best = _quick_search(problem, prefix)
-    if search == "full" or best is None:
+    room = _Room.of(problem, prefix)
+    best = _quick_search(room)
+    if search == "full" or (best is None and room.widest >= room.widest_segment):
         best = _full_search(problem, prefix, best)
     if best is None:
         raise _infeasible(problem)
@@ -553,7 +554,8 @@ _QUICK_DP_WORK = 20_000  # split terms of the DP in a quick search (a few ms)
 class _Room:
     """What the budget leaves for the blocks of a shrinking batch (NOTE [ Planning a packed
     batch per call ]): every block at most ``widest`` sample-steps, ``fixed`` the bytes held
-    throughout with such a block, ``state`` one boundary state."""
+    throughout with such a block, ``state`` one boundary state. Every schedule holds at least
+    two states beside each block, so with ``widest`` below ``widest_segment`` nothing fits."""
 
     problem: _Problem
     prefix: Sequence[int]
@@ -561,6 +563,7 @@ class _Room:
     state: float
     fixed: int
     widest: int
+    widest_segment: int
 
     @classmethod
     def of(cls, problem: _Problem, prefix: Sequence[int]) -> _Room:
@@ -583,7 +586,8 @@ class _Room:
             fixed = held_bytes(profile, workload, widest_sample_steps=total)
             widest = min(total, largest_block(profile, budget - fixed - 2 * state))
         segments = segment_prefix(prefix, problem.block_multiple)
-        return cls(problem, prefix, segments, state, fixed, widest)
+        widest_segment = max(map(sub, segments[1:], segments[:-1]))
+        return cls(problem, prefix, segments, state, fixed, widest, widest_segment)
 
     def cap(self, states: int) -> int:
         """The most sample-steps of a block run beside ``states`` boundary states."""
@@ -599,15 +603,14 @@ class _Room:
         return Chain.from_profile(self.problem.profile, self.problem.workload, self.steps(bounds), self.prefix)
 
 
-def _quick_search(problem: _Problem, prefix: Sequence[int]) -> _Best | None:
+def _quick_search(room: _Room) -> _Best | None:
     """The fastest of a few cuts made to the budget, priced exactly (NOTE [ Planning a packed
     batch per call ])."""
-    room = _Room.of(problem, prefix)
-    best = None
-    if room.widest >= 0:
-        best = _capped_blocks(room)
-        best = _capped_binomial(room, best)
-    return _widest(problem, prefix, best)
+    if room.widest < room.widest_segment:
+        return None
+    best = _capped_blocks(room)
+    best = _capped_binomial(room, best)
+    return _widest(room.problem, room.prefix, best)
 
 
 def _capped_blocks(room: _Room) -> _Best | None:
@@ -633,7 +636,7 @@ def _capped_binomial(room: _Room, best: _Best | None) -> _Best | None:
     profile, workload = problem.profile, problem.workload
     if room.state <= 0:
         return best
-    widest_segment = max(map(sub, segments[1:], segments[:-1]))
+    widest_segment = room.widest_segment
     most = int((problem.budget_bytes - room.fixed - block_bytes(profile, widest_segment)) // room.state) - 2
     total, seq_len, overhead = room.prefix[-1], workload.seq_len, profile.block_overhead_seconds
 
@@ -669,6 +672,8 @@ def _capped_binomial(room: _Room, best: _Best | None) -> _Best | None:
     if peak > problem.budget_bytes or (best is not None and seconds >= best.seconds):
         return best
     found = _Best(seconds, peak, "binomial", c, chain, at)
+    if chain.n > _DP_MAX_BLOCKS:
+        return found  # the DP's work alone would take longer to count than this search
     return _faster_splits(problem, found, [(lower, chain, c)], _QUICK_DP_WORK)
 
 
