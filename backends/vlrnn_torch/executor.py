@@ -261,6 +261,8 @@ def _advance(action: Advance, run: _Run) -> None:
         for b in range(action.start, action.stop):
             if b > action.start:
                 RNGState.enter(run.cuda_devices)  # NOTE [ RNG replay ]
+            if b + 1 < run.schedule.num_blocks:
+                run.view.slices.prefetch(*run.schedule.block_steps(b + 1))  # NOTE [ Inputs on the host ]
             _, state = run.view.run(*run.schedule.block_steps(b), state)
             if b + 1 in saves:
                 run.stored[b + 1] = run.boundary(state)
@@ -309,6 +311,8 @@ def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
     state_in, inputs_in = _block_input(run, b, source)
     source.rng.restore()
     run.buffers.restore(source.buffers)
+    if b > 0:
+        run.view.slices.prefetch(*run.schedule.block_steps(b - 1))  # NOTE [ Inputs on the host ]
     run.reads.begin_block()
     with torch.enable_grad():
         # A compiled cell is not watched: dynamo cannot trace through the mode (NOTE [ Tensors
