@@ -150,15 +150,20 @@ class _Slices:
             if not t.requires_grad:
                 self.prefetcher.ahead((i, start, stop), self.cut(t, start, stop))
 
-    def collect(self) -> None:
+    def take_pending(self) -> list[tuple[int, int, int, torch.Tensor]]:
+        """The slices made for the block that just ran with grad (for `collect` after its
+        traversal)."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    def collect(self, pieces: list[tuple[int, int, int, torch.Tensor]]) -> None:
         """After a block's traversal: add its slices' gradients into the buffers."""
-        for i, start, stop, piece in self.pending:
+        for i, start, stop, piece in pieces:
             if piece.grad is None:
                 continue
             if self.buffers[i] is None:
                 self.buffers[i] = torch.zeros_like(self.detached[i])
             self.cut(self.buffers[i], start, stop).add_(piece.grad)
-        self.pending = []
 
     def upstream(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(tensor, gradient) for every input and target that received a gradient."""
