@@ -423,3 +423,23 @@ def test_show_and_dot_run_with_torch_absent(files):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "False"
+
+
+def test_gpu_check_says_there_is_no_gpu_and_runs_its_checks_at_tiny_sizes():
+    """benchmarks/gpu_check.py exits 0 without CUDA; --smoke runs every check on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    if not __import__("torch").cuda.is_available():
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "no CUDA device" in done.stdout
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--device", "cpu"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout
+    for check in ("budget 100MB", "speed: ours / plain BPTT", "overlap: same gradients", "cuDNN dropout: exact",
+                  "inputs on the host: same gradients"):
+        assert check in table
+    assert "| NO |" not in table
