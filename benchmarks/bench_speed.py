@@ -6,7 +6,7 @@ All three compute the same gradients of the same loss. The runs alternate in one
     python benchmarks/bench_speed.py                      # 2-layer LSTM 256, batch 16, T=1000, K=50
     python benchmarks/bench_speed.py --seq-len 4000 --repeats 5
 
-Targets on a CPU (issue 2): ours / plain BPTT <= 1.10, ours / torch.utils.checkpoint <= 1.00.
+Targets on a CPU: ours / plain BPTT <= 1.10, ours / torch.utils.checkpoint <= 1.00.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from vlrnn_planner import cli
 from vlrnn_planner.errors import InfeasibleBudgetError, PlannerError
 from vlrnn_planner.plan import load_document
 from vlrnn_planner.simulate import predicted_memory, walk_schedule
+from conftest import LSTM_PROFILE
 
 PARTS = (
     ("parameters", 1_000_000),
@@ -325,7 +326,7 @@ def test_rnn_with_a_stand_in_planner(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     assert isinstance(seen["cell"], torch.nn.GRU)
     assert (seen["cell"].input_size, seen["cell"].hidden_size, seen["cell"].num_layers) == (3, 5, 2)
-    assert seen["budget"] == "64MB" and seen["kwargs"] == {}
+    assert seen["budget"] == vp.parse_budget("64MB") and seen["kwargs"] == {}
     assert "Schedule: blocks, T=200, K=20, 10 blocks, batch 2" in out
     assert out.rstrip().endswith(f"wrote {target}")
     doc = load_document(target.read_text())
@@ -443,3 +444,39 @@ def test_gpu_check_says_there_is_no_gpu_and_runs_its_checks_at_tiny_sizes():
                   "inputs on the host: same gradients"):
         assert check in table
     assert "| NO |" not in table
+
+
+def test_newcomer_rough_edges(tmp_path, capsys):
+    """A negative or zero budget and a plain byte count reach the budget's own reader; show
+    --seq-len on a budget plan asks for --batch-size by its flag and prints only the new schedule;
+    dot refuses a huge graph and says how to force it."""
+    from vlrnn_planner.cli import main
+
+    assert main(["rnn", "--input-size", "4", "--hidden-size", "8", "--batch-size", "2", "--seq-len", "50",
+                 "--budget", "-5MB"]) == 2
+    assert "a budget must be positive" in capsys.readouterr().err
+    assert main(["rnn", "--input-size", "4", "--hidden-size", "8", "--batch-size", "2", "--seq-len", "50",
+                 "--budget", "0"]) == 2
+    assert "at least 1 byte" in capsys.readouterr().err
+    plan = vp.planner.plan_for_profile(LSTM_PROFILE, 60_000_000)
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json(schedule=plan.schedule(2000, 8)))
+    assert main(["show", str(path), "--seq-len", "3000"]) == 1
+    assert "--batch-size B" in capsys.readouterr().err
+    assert main(["show", str(path), "--seq-len", "3000", "--batch-size", "8", "--actions", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "T=3000" in out and "T=2000" not in out
+    assert main(["dot", str(path), "--max-actions", "3"]) == 1
+    assert "pass --max-actions" in capsys.readouterr().err
+
+
+def test_show_into_a_closed_pipe_stops_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    plan = vp.planner.plan_for_profile(LSTM_PROFILE, 60_000_000)
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json(schedule=plan.schedule(200_000, 8)))
+    done = subprocess.run(f"{sys.executable} -m vlrnn_planner.cli show {path} --actions 5000 | head -1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("Plan:") and "Error" not in done.stderr, done.stderr

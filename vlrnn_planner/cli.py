@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
                     "other shapes; drop --seq-len/--batch-size"
                 )
         else:
-            schedule = plan.schedule(args.seq_len, args.batch_size)
+            if plan.budget_bytes is not None and args.batch_size is None:
+                raise CommandError(
+                    f"{args.file} holds a budget plan, which needs the batch size too: pass "
+                    "--batch-size B with --seq-len"
+                )
+            plan, schedule = plan.for_shapes_only(), plan.schedule(args.seq_len, args.batch_size)
     if schedule is None:
         raise CommandError(
             f"{args.file} holds a plan without a schedule; pass --seq-len T (and --batch-size B) "
@@ -209,6 +215,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_dot(args: argparse.Namespace) -> int:
     _, schedule = _load(args)
+    actions = schedule_statistics(schedule).actions
+    if actions > args.max_actions:
+        raise CommandError(
+            f"the schedule has {actions} actions; a DOT graph of more than {args.max_actions} is too large "
+            f"to read or lay out: pass --max-actions {actions} to write it anyway, or use show or plot"
+        )
     dot = schedule.to_dot() + "\n"
     if args.output is None:
         sys.stdout.write(dot)
@@ -349,6 +361,33 @@ _positive = _int_at_least(1, "a positive int")
 _non_negative = _int_at_least(0, "an int >= 0")
 
 
+def _budget(text: str) -> Any:
+    """An argparse type: a budget as `vlrnn_planner.parse_budget` reads it; digits are bytes."""
+    spec: Any = int(text) if text.strip().isdigit() else text
+    try:
+        return vlrnn_planner.parse_budget(spec)
+    except PlannerError as e:
+        raise argparse.ArgumentTypeError(_strip_prefix(str(e))) from None
+
+
+# Options whose value may start with "-" (a negative budget is refused by its reader, with a
+# message, rather than taken for an option by argparse).
+_VALUE_OPTIONS = ("--budget",)
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    """``--budget -5MB`` as ``--budget=-5MB``, so that argparse hands the value to its reader."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _VALUE_OPTIONS:
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _mode(text: str) -> str:
     mode = text.upper()
     if mode not in _MODES:
@@ -389,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
     p.add_argument("--batch-size", type=_positive, required=True)
     p.add_argument("--seq-len", type=_positive, required=True)
-    p.add_argument("--budget", required=True, help='e.g. 8GB, 8GiB, 512MB, 80%% or a byte count')
+    p.add_argument("--budget", type=_budget, required=True, help='e.g. 8GB, 8GiB, 512MB, 80%% or a byte count')
     p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the planner's choice)")
     p.add_argument(
         "--inputs-on-host",
@@ -410,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the schedule's action graph in Graphviz DOT.")
     _add_file_args(p)
     p.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
+    p.add_argument("--max-actions", type=_positive, default=2000,
+                   help="refuse schedules with more actions than this (default 2000)")
     p.set_defaults(handler=_cmd_dot)
 
     p = sub.add_parser("plot", help="plot predicted memory over a schedule (needs matplotlib)",
@@ -451,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 2 for a usage error, 1 for any other error (one line on stderr).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_values(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -462,6 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (vlrnn-plan show plan.json | head): stop quietly, and keep Python
+        # from reporting the pipe once more when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         _report("interrupted")
         return 130
