@@ -211,25 +211,23 @@ def test_plot_long_schedule_is_binned(capsys, tmp_path):
     code, _, err = run(capsys, "plot", str(path), "-o", str(target), "--points", "100")
     assert code == 0, err
     assert target.read_text().lstrip().startswith("<?xml")
-    series, in_bytes = cli._trace(schedule, 100)
-    assert in_bytes
-    assert all(len(s.envelope.highs) <= 200 for s in series)
-    assert max(series[0].envelope.highs) == max(
-        step.peak_bytes for step in walk_schedule(schedule, memory=predicted_memory(schedule))
-    )
+    trace = cli._trace(schedule, 100)
+    assert trace.in_bytes and trace.binned and len(trace.starts) == 100
+    steps = list(walk_schedule(schedule, memory=predicted_memory(schedule)))
+    assert max(trace.peaks) == max(step.peak_bytes for step in steps)
+    assert sum(trace.widths) == pytest.approx(sum(step.evaluated_steps for step in steps))
 
 
-def test_envelope_bins_exactly():
-    values = [float((7 * i) % 13) for i in range(1001)]
-    for points in (1, 3, 50, 2000):
-        envelope = cli._Envelope(points)
-        for v in values:
-            envelope.add(v)
-        w = envelope.width
-        bins = [values[i : i + w] for i in range(0, len(values), w)]
-        assert envelope.highs == [max(b) for b in bins]
-        assert envelope.lows == [min(b) for b in bins]
-        assert len(bins) <= 2 * points
+def test_plot_segments_are_the_actions_that_compute():
+    """Unbinned, one segment per Advance and ForwardBackward, as wide as the steps it evaluates
+    (Free actions compute nothing and take no width)."""
+    schedule = predicted_schedule(strategy="binomial", seq_len=40, block_length=3, checkpoints=3)
+    trace = cli._trace(schedule, 1000)
+    steps = [s for s in walk_schedule(schedule, memory=predicted_memory(schedule)) if s.evaluated_steps]
+    assert not trace.binned and len(trace.starts) == len(steps)
+    assert trace.widths == [s.evaluated_steps for s in steps]
+    assert trace.backward == [type(s.action).__name__ == "ForwardBackward" for s in steps]
+    assert trace.starts[0] == 0 and all(a + w == b for a, w, b in zip(trace.starts, trace.widths, trace.starts[1:]))
 
 
 def test_plot_without_matplotlib(capsys, files, tmp_path, monkeypatch):

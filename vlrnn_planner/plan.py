@@ -196,7 +196,13 @@ class Plan:
         return (seq_len, batch_size, None if batch_sizes is None else tuple(batch_sizes), bool(input_gradients))
 
     def for_shapes_only(self) -> Plan:
-        """This plan without the schedules it resolved so far (for a summary of one shape)."""
+        """This plan without the schedules it resolved so far (for a summary of one shape).
+
+        Returns
+        -------
+        Plan
+            Equal to this one, with an empty cache.
+        """
         return replace(self, _cache={})
 
     def replan_smaller(
