@@ -19,7 +19,7 @@ Blocks are measured at the batch that will run (``batch_size=``, else the exampl
 32 for built-in cells) and at a quarter of it, at 16 and 64 steps: the fit
 ``K * (a + b * B) + c`` separates what grows with the batch from what does not. The cost of a step
 also changes with the block length (activations outgrow the caches, fresh memory is faulted in),
-so blocks of 256 steps, and 4 times longer while a block takes under 0.15 s, are timed at the full
+so blocks of 256 steps, and 4 times longer while a block takes under 0.3 s, are timed at the full
 batch too, and the ratio to the fit is kept as `CellProfile.step_time_scale`.
 
 NOTE [ Noisy profiles ]
@@ -88,7 +88,7 @@ __all__ = ["profile_cell", "query_nvml", "NvmlInfo"]
 
 BLOCK_LENGTHS = (16, 64)  # the linear fit (NOTE [ Profile at the shapes that will run ])
 SCALE_LENGTHS = (256, 1024, 4096)  # timed for the scale factors while a block stays fast
-SCALE_TIME_LIMIT = 0.15  # seconds: no longer block length is timed once a block takes this
+SCALE_TIME_LIMIT = 0.3  # seconds: no longer block length is timed once a block takes this
 BUILTIN_BATCH = 32
 MIN_MEASURABLE_GROWTH = 4 * 2**20  # below this, the CPU's resident set is too noisy to calibrate
 REPEATS = 2
@@ -541,11 +541,11 @@ def _nonnegative_lstsq(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> 
 
 @dataclass(frozen=True)
 class _TimeFit:
-    """Seconds of a block = ``K * s(K) * (per_step + per_sample * B) + overhead``, without and with grad."""
+    """Seconds of a block = ``K * s(K) * (per_step + per_sample * B) + overhead``, without grad
+    (``advance``) and with grad (``fb``): each ``(per_step, per_sample, overhead)``."""
 
-    advance: tuple[float, float]
-    fb: tuple[float, float]
-    overhead: float
+    advance: tuple[float, float, float]
+    fb: tuple[float, float, float]
     scale: tuple[tuple[int, float, float], ...]
     spread: float
 
@@ -556,16 +556,15 @@ def _fit_time(measured: _Measured) -> _TimeFit:
     rows = [(p.k, p.k * p.b, 1.0) for p in points]
     adv = _nonnegative_lstsq(rows, [p.advance_seconds for p in points])
     fb = _nonnegative_lstsq(rows, [p.fb_seconds for p in points])
-    overhead = (adv[2] + fb[2]) / 2
     scale = []
     for p in points[len(BLOCK_LENGTHS):] + measured.scale_points:  # the full batch
         linear_adv = p.k * (adv[0] + adv[1] * p.b)
         linear_fb = p.k * (fb[0] + fb[1] * p.b)
         if linear_adv > 0 and linear_fb > 0:
-            scale.append((p.k, max(p.advance_seconds - overhead, 1e-12) / linear_adv,
-                          max(p.fb_seconds - overhead, 1e-12) / linear_fb))
+            scale.append((p.k, max(p.advance_seconds - adv[2], 1e-12) / linear_adv,
+                          max(p.fb_seconds - fb[2], 1e-12) / linear_fb))
     spread = max(p.spread() for p in points + measured.scale_points)
-    return _TimeFit((adv[0], adv[1]), (fb[0], fb[1]), overhead, tuple(scale), spread)
+    return _TimeFit(tuple(adv), tuple(fb), tuple(scale), spread)
 
 
 @dataclass(frozen=True)
@@ -685,7 +684,8 @@ def _describe(setup: _Setup, measured: _Measured, timing: _TimeFit, memory: _Mem
         advance_seconds_per_step_per_sample=timing.advance[1],
         fb_seconds_per_step=timing.fb[0],
         fb_seconds_per_step_per_sample=timing.fb[1],
-        block_overhead_seconds=timing.overhead,
+        block_overhead_seconds=timing.fb[2],
+        advance_overhead_seconds=timing.advance[2],
         step_time_scale=timing.scale,
         timing_spread=timing.spread,
         allocator_overhead_bytes=0 if setup.cuda else CPU_ALLOCATOR_OVERHEAD_BYTES,
