@@ -53,6 +53,14 @@ nearly fixed 38-45 MB for an LSTM 2 x 256 at batch 32 (K = 109..667) and an LSTM
 that is already warm cannot see it (its heap has resident free pages), so it is not measured here:
 the planner counts this upper end on CPU.
 
+NOTE [ GPU memory as reserved ]
+-------------------------------
+A budget is what the process may take on the device, and the caching allocator takes more than
+the tensors it hands out: whole segments, sizes rounded up, fragments it cannot reuse, and the
+workspaces cuDNN and cuBLAS ask for. Each block measured on a GPU starts from an empty cache, and
+counts the larger of what it allocated and what the allocator reserved meanwhile. Gradients are
+accumulated as a real call accumulates them (the first block makes them, the measured one adds).
+
 NOTE [ Profiling leaves the cell as it was ]
 --------------------------------------------
 Parameters, buffers, training modes, ``.grad``, hooks (taken off while profiling) and the RNG are
@@ -323,6 +331,7 @@ class _Meter:
         self.seconds: dict[str, float] = {}
         self.bytes: dict[str, float] = {}
         self._base = 0
+        self._reserved = 0
         self._t0 = 0.0
 
     @staticmethod
@@ -347,13 +356,20 @@ class _Meter:
 
     def _start(self) -> int:
         if self.setup.cuda:
+            # NOTE [ GPU memory as reserved ]: from an empty cache, what the block makes the
+            # allocator reserve (segments, rounding, fragmentation, cuDNN/cuBLAS workspaces)
+            # shows besides what it allocates.
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.setup.device)
+            self._reserved = torch.cuda.memory_reserved(self.setup.device)
             return torch.cuda.memory_allocated(self.setup.device)
         return self.resident.start() if self.resident is not None else 0
 
     def _peak(self) -> int:
         if self.setup.cuda:
-            return torch.cuda.max_memory_allocated(self.setup.device)
+            allocated = torch.cuda.max_memory_allocated(self.setup.device)
+            reserved_growth = torch.cuda.max_memory_reserved(self.setup.device) - self._reserved
+            return max(allocated, self._base + reserved_growth)
         return self.resident.peak() if self.resident is not None else 0
 
 
