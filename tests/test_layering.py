@@ -58,7 +58,7 @@ MODULES: dict[str, tuple[str, set[str]]] = {
         "the public API and backward()",
         {"actions", "backends", "budget", "errors", "plan", "planner", "profile", "schedule"},
     ),
-    "cli": ("the vlrnn-plan command", {"__init__", "budget", "errors", "plan", "simulate"}),
+    "cli": ("the vlrnn-plan command", {"__init__", "actions", "budget", "cost", "errors", "plan", "simulate"}),
 }
 
 # Optional third-party packages, imported only inside the functions that need them.

@@ -134,10 +134,14 @@ def test_ddp_all_reduces_once_per_call():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_inputs_on_the_host_cell_on_the_gpu():
-    """Blocks are copied to the device as needed; gradients as plain BPTT's on the device."""
+@pytest.mark.parametrize("pinned", [True, False])
+def test_inputs_on_the_host_cell_on_the_gpu(pinned):
+    """Blocks are copied to the device ahead of their use (NOTE [ Inputs on the host ]), from the
+    caller's pinned memory or a pinned copy; gradients as plain BPTT's on the device."""
     cell = nn.LSTM(F, H, 2).cuda()
-    x, y = torch.randn(T, B, F).pin_memory(), torch.randn(T, B, H).pin_memory()
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    if pinned:
+        x, y = x.pin_memory(), y.pin_memory()
     out, _ = cell(x.cuda())
     sq_loss(out, y.cuda()).backward()
     expected = grads_of(list(cell.parameters()))

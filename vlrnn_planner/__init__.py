@@ -91,6 +91,7 @@ def backward(
     scaler: Any = None,
     progress: Any = None,
     verify: bool = True,
+    overlap: bool | None = None,
     backend: Backend | None = None,
 ) -> Result:
     """Run ``cell`` over ``inputs`` in blocks and backpropagate, exactly as plain BPTT would.
@@ -135,6 +136,10 @@ def backward(
         Check that each block re-run with grad reproduces the state the no-grad pass computed
         after it, and that a sequence module does nothing once per call that cutting the
         sequence would change (see the backend's notes); refuse the call otherwise.
+    overlap : bool, optional
+        Backpropagate each block while the next one re-runs with grad (see the backend's notes):
+        True or False to choose; None (default) as the schedule says (the planner turns it on
+        where the profile measured that it pays).
     backend : Backend, optional
         Overrides backend discovery.
 
@@ -181,6 +186,8 @@ def backward(
         kwargs["scaler"] = scaler
     if not verify:
         kwargs["verify"] = False
+    if overlap is not None:
+        kwargs["overlap"] = bool(overlap)
     if progress is not None and progress is not False:
         if progress is not True and not callable(progress):
             raise InvalidTypeError(

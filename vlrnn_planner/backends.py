@@ -56,12 +56,39 @@ class Result:
         The schedule that was carried out.
     forward_evaluations : int
         Block forward evaluations made (no-grad advances plus one per block run with grad).
+
+    Examples
+    --------
+    >>> class T:  # stands in for a tensor: only its shape is printed
+    ...     shape = (2, 8, 64)
+    >>> Result(loss=3.5, state=(T(), T()), schedule=None, forward_evaluations=7)
+    Result(loss=3.5, state=(tensor(2, 8, 64), tensor(2, 8, 64)), schedule=None, forward_evaluations=7)
     """
 
     loss: float
     state: Any
     schedule: Any
     forward_evaluations: int
+
+    def __repr__(self) -> str:
+        schedule = self.schedule
+        if schedule is not None and hasattr(schedule, "strategy"):
+            schedule = f"<{schedule.strategy}, T={schedule.seq_len}, K={schedule.block_length}, {schedule.num_blocks} blocks>"
+        return (f"Result(loss={self.loss!r}, state={_shapes(self.state)}, schedule={schedule}, "
+                f"forward_evaluations={self.forward_evaluations})")
+
+
+def _shapes(obj: Any) -> str:
+    """A state as its nesting and the shapes of its tensors, not their values."""
+    shape = getattr(obj, "shape", None)
+    if shape is not None:
+        return f"tensor({', '.join(map(str, tuple(shape)))})"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{k!r}: {_shapes(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        inner = ", ".join(_shapes(v) for v in obj)
+        return f"[{inner}]" if isinstance(obj, list) else f"({inner}{',' if len(obj) == 1 else ''})"
+    return repr(obj)
 
 
 @runtime_checkable

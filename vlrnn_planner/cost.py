@@ -461,7 +461,7 @@ def predicted_seconds(
     fb = fb_scale * (
         workload.seq_len * profile.fb_seconds_per_step + workload.sample_steps * profile.fb_seconds_per_step_per_sample
     )
-    return advance + fb + forward_evaluations * profile.block_overhead_seconds
+    return advance + fb + advanced * profile.advance_overhead + num_blocks * profile.block_overhead_seconds
 
 
 def baseline_seconds(profile: CellProfile, workload: Workload) -> float:
@@ -692,7 +692,7 @@ class Chain:
             block_bytes=tuple(block_bytes(p, samples) for _, samples in spans),
             advance_seconds=tuple(
                 p.time_scale(steps)[0] * (steps * p.advance_seconds_per_step + samples * p.advance_seconds_per_step_per_sample)
-                + p.block_overhead_seconds
+                + p.advance_overhead
                 for steps, samples in spans
             ),
             fb_seconds=tuple(

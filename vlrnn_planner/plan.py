@@ -207,6 +207,16 @@ class Plan:
     def _key(seq_len: int, batch_size: int | None, batch_sizes: Sequence[int] | None, input_gradients: bool) -> tuple:
         return (seq_len, batch_size, None if batch_sizes is None else tuple(batch_sizes), bool(input_gradients))
 
+    def for_shapes_only(self) -> Plan:
+        """This plan without the schedules it resolved so far (for a summary of one shape).
+
+        Returns
+        -------
+        Plan
+            Equal to this one, with an empty cache.
+        """
+        return replace(self, _cache={})
+
     def replan_smaller(
         self, failed: Schedule, *, batch_sizes: Sequence[int] | None = None, headroom_bytes: int | None = None
     ) -> Schedule | None:
@@ -492,7 +502,14 @@ def describe_plan(plan: Plan) -> str:
     if p is not None:
         lines.append(f"  cell: {p.cell or 'unknown'}; memory measured by: {p.measured_by or 'unknown'}")
         if p.available_bytes is not None:
-            lines.append(f"  this process could use {format_bytes(p.available_bytes)} on the device when profiled")
+            where = ("of host memory (the kernel's MemAvailable)" if p.device.startswith("cpu")
+                     else "on the device (free, and what its allocator held)")
+            lines.append(f"  this process could use {format_bytes(p.available_bytes)} {where} when profiled")
+        if not p.timing_reliable:
+            lines.append(
+                f"  UNRELIABLE profile: repeated timings differed by up to {100 * p.timing_spread:.0f}% "
+                "(other work shared the device?); the fastest schedule may not be chosen: profile again"
+            )
     if not plan._cache:
         lines.append("  strategy and block length are chosen per input shape: plan.schedule(seq_len=..., batch_size=...)")
     for s in plan._cache.values():

@@ -74,7 +74,11 @@ class CellProfile:
     fb_seconds_per_step, fb_seconds_per_step_per_sample : float
         The same for a block run with grad and backpropagated.
     block_overhead_seconds : float
-        Fixed seconds per block evaluation (launches, Python, bookkeeping), whatever its length.
+        Fixed seconds per block evaluation (launches, Python, bookkeeping), whatever its length:
+        of a block run with grad and backpropagated, and of a block without grad where
+        ``advance_overhead_seconds`` is None.
+    advance_overhead_seconds : float or None
+        Fixed seconds per block run without grad, where it was measured apart.
     step_time_scale : tuple of (int, float, float)
         ``(block_length, no-grad factor, with-grad factor)``: the seconds per step at that block
         length over those of the linear model, measured; `time_scale` interpolates between them in
@@ -131,6 +135,7 @@ class CellProfile:
     fb_seconds_per_step: float = 0.0
     fb_seconds_per_step_per_sample: float = 0.0
     block_overhead_seconds: float = 0.0
+    advance_overhead_seconds: float | None = None
     step_time_scale: tuple[tuple[int, float, float], ...] = ()
     timing_spread: float = 0.0
     device_total_bytes: int | None = None
@@ -163,6 +168,11 @@ class CellProfile:
                         f"got {value!r}; re-profile the cell"
                     )
 
+    @property
+    def advance_overhead(self) -> float:
+        """Fixed seconds per block run without grad."""
+        return self.block_overhead_seconds if self.advance_overhead_seconds is None else self.advance_overhead_seconds
+
     def time_scale(self, block_length: float) -> tuple[float, float]:
         """The factors on the seconds per step at ``block_length`` (no grad, with grad).
 
@@ -174,14 +184,19 @@ class CellProfile:
         Returns
         -------
         tuple of float
-            ``(no-grad factor, with-grad factor)``, linear in ``log(block_length)`` between the
-            measured lengths, the end values beyond them, ``(1, 1)`` without measurements.
+            ``(no-grad factor, with-grad factor)``: linear in ``log(block_length)`` between the
+            measured lengths; below the shortest, its values; above the longest, the rise between
+            the last two carried on (a step that grew dearer with longer blocks keeps doing so, up
+            to twice the last value), or the last value where they fall; ``(1, 1)`` without
+            measurements.
 
         Examples
         --------
         >>> p = CellProfile(step_time_scale=((16, 1.0, 1.2), (64, 1.0, 1.0), (256, 1.5, 1.1)))
-        >>> p.time_scale(32), p.time_scale(1000), p.time_scale(4)
-        ((1.0, 1.1), (1.5, 1.1), (1.0, 1.2))
+        >>> p.time_scale(32), p.time_scale(4)
+        ((1.0, 1.1), (1.0, 1.2))
+        >>> [round(f, 3) for f in p.time_scale(1024)]
+        [2.0, 1.2]
         """
         points = self.step_time_scale
         if not points:
@@ -192,7 +207,16 @@ class CellProfile:
             if block_length <= k1:
                 w = math.log(block_length / k0) / math.log(k1 / k0)
                 return a0 + w * (a1 - a0), f0 + w * (f1 - f0)
-        return points[-1][1], points[-1][2]
+        k1, a1, f1 = points[-1]
+        if len(points) == 1:
+            return a1, f1
+        k0, a0, f0 = points[-2]
+        w = math.log(block_length / k1) / math.log(k1 / k0)
+
+        def carried(v0: float, v1: float) -> float:
+            return v1 if v1 <= v0 else min(v1 + w * (v1 - v0), 2 * v1)
+
+        return carried(a0, a1), carried(f0, f1)
 
     @property
     def timing_reliable(self) -> bool:
@@ -290,6 +314,7 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
         ),
         read_number,
     ),
+    "advance_overhead_seconds": lambda value, where: read_optional(value, where, read_number),
     "step_time_scale": _read_scale,
     **dict.fromkeys(("device_total_bytes", "device_free_bytes", "process_bytes", "allocator_reserved_bytes"), _optional_bytes),
     "loss_included": read_bool,
@@ -327,7 +352,7 @@ def describe_profile(profile: CellProfile) -> str:
         f"inputs {format_bytes(p.input_bytes_per_step)}, targets {format_bytes(p.target_bytes_per_step)}",
         f"  per block: activations {format_bytes(p.activation_bytes_fixed)}, "
         f"no-grad transients {format_bytes(p.transient_bytes_fixed)}, "
-        f"overhead {format_seconds(p.block_overhead_seconds)}",
+        f"overhead {format_seconds(p.advance_overhead)} without grad, {format_seconds(p.block_overhead_seconds)} with",
         f"  state per sequence {format_bytes(p.state_bytes_per_sample)}; parameters "
         f"{format_bytes(p.parameter_bytes)}, gradients {format_bytes(p.gradient_bytes)}"
         + ("; loss head included" if p.loss_included else ""),

@@ -494,7 +494,7 @@ def _full_search(problem: _Problem, prefix: Sequence[int], best: _Best | None) -
     uneven: list[tuple[float, Chain, int]] = []  # binomial cuts the DP may speed up
     for chain in _chains(problem, prefix):
         n = chain.n
-        if best is not None and (2 * n - 1) * profile.block_overhead_seconds > best.seconds:
+        if best is not None and (n - 1) * profile.advance_overhead + n * profile.block_overhead_seconds > best.seconds:
             continue  # the overheads alone are slower than the best so far
         peak, seconds, at = chain.blocks_cost()
         shape: tuple[str, int | None] = ("blocks", None)

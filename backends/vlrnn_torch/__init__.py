@@ -81,7 +81,7 @@ class TorchBackend:
         return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes,
                              input_gradients=view.slices.require_grad)
 
-    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, **kwargs) -> Result:
+    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, overlap=None, **kwargs) -> Result:
         """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
         if scaler is not None and not callable(getattr(scaler, "scale", None)):
             raise InvalidTypeError(
@@ -100,4 +100,5 @@ class TorchBackend:
             progress=progress,
             verify=verify,
             on_out_of_memory=self._record_headroom,
+            overlap=bool(getattr(schedule, "overlap", False)) if overlap is None else overlap,
         )

@@ -19,7 +19,7 @@ Blocks are measured at the batch that will run (``batch_size=``, else the exampl
 32 for built-in cells) and at a quarter of it, at 16 and 64 steps: the fit
 ``K * (a + b * B) + c`` separates what grows with the batch from what does not. The cost of a step
 also changes with the block length (activations outgrow the caches, fresh memory is faulted in),
-so blocks of 256 steps, and 4 times longer while a block takes under 0.15 s, are timed at the full
+so blocks of 256 steps, and 4 times longer while a block takes under 0.3 s, are timed at the full
 batch too, and the ratio to the fit is kept as `CellProfile.step_time_scale`.
 
 NOTE [ Noisy profiles ]
@@ -52,6 +52,14 @@ nearly fixed 38-45 MB for an LSTM 2 x 256 at batch 32 (K = 109..667) and an LSTM
 (K = 513), while the growth per step and sequence matched the saved-tensor accounting. A process
 that is already warm cannot see it (its heap has resident free pages), so it is not measured here:
 the planner counts this upper end on CPU.
+
+NOTE [ GPU memory as reserved ]
+-------------------------------
+A budget is what the process may take on the device, and the caching allocator takes more than
+the tensors it hands out: whole segments, sizes rounded up, fragments it cannot reuse, and the
+workspaces cuDNN and cuBLAS ask for. Each block measured on a GPU starts from an empty cache, and
+counts the larger of what it allocated and what the allocator reserved meanwhile. Gradients are
+accumulated as a real call accumulates them (the first block makes them, the measured one adds).
 
 NOTE [ Profiling leaves the cell as it was ]
 --------------------------------------------
@@ -88,7 +96,7 @@ __all__ = ["profile_cell", "query_nvml", "NvmlInfo"]
 
 BLOCK_LENGTHS = (16, 64)  # the linear fit (NOTE [ Profile at the shapes that will run ])
 SCALE_LENGTHS = (256, 1024, 4096)  # timed for the scale factors while a block stays fast
-SCALE_TIME_LIMIT = 0.15  # seconds: no longer block length is timed once a block takes this
+SCALE_TIME_LIMIT = 0.3  # seconds: no longer block length is timed once a block takes this
 BUILTIN_BATCH = 32
 MIN_MEASURABLE_GROWTH = 4 * 2**20  # below this, the CPU's resident set is too noisy to calibrate
 REPEATS = 2
@@ -323,6 +331,7 @@ class _Meter:
         self.seconds: dict[str, float] = {}
         self.bytes: dict[str, float] = {}
         self._base = 0
+        self._reserved = 0
         self._t0 = 0.0
 
     @staticmethod
@@ -347,13 +356,20 @@ class _Meter:
 
     def _start(self) -> int:
         if self.setup.cuda:
+            # NOTE [ GPU memory as reserved ]: from an empty cache, what the block makes the
+            # allocator reserve (segments, rounding, fragmentation, cuDNN/cuBLAS workspaces)
+            # shows besides what it allocates.
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.setup.device)
+            self._reserved = torch.cuda.memory_reserved(self.setup.device)
             return torch.cuda.memory_allocated(self.setup.device)
         return self.resident.start() if self.resident is not None else 0
 
     def _peak(self) -> int:
         if self.setup.cuda:
-            return torch.cuda.max_memory_allocated(self.setup.device)
+            allocated = torch.cuda.max_memory_allocated(self.setup.device)
+            reserved_growth = torch.cuda.max_memory_reserved(self.setup.device) - self._reserved
+            return max(allocated, self._base + reserved_growth)
         return self.resident.peak() if self.resident is not None else 0
 
 
@@ -541,11 +557,11 @@ def _nonnegative_lstsq(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> 
 
 @dataclass(frozen=True)
 class _TimeFit:
-    """Seconds of a block = ``K * s(K) * (per_step + per_sample * B) + overhead``, without and with grad."""
+    """Seconds of a block = ``K * s(K) * (per_step + per_sample * B) + overhead``, without grad
+    (``advance``) and with grad (``fb``): each ``(per_step, per_sample, overhead)``."""
 
-    advance: tuple[float, float]
-    fb: tuple[float, float]
-    overhead: float
+    advance: tuple[float, float, float]
+    fb: tuple[float, float, float]
     scale: tuple[tuple[int, float, float], ...]
     spread: float
 
@@ -556,16 +572,15 @@ def _fit_time(measured: _Measured) -> _TimeFit:
     rows = [(p.k, p.k * p.b, 1.0) for p in points]
     adv = _nonnegative_lstsq(rows, [p.advance_seconds for p in points])
     fb = _nonnegative_lstsq(rows, [p.fb_seconds for p in points])
-    overhead = (adv[2] + fb[2]) / 2
     scale = []
     for p in points[len(BLOCK_LENGTHS):] + measured.scale_points:  # the full batch
         linear_adv = p.k * (adv[0] + adv[1] * p.b)
         linear_fb = p.k * (fb[0] + fb[1] * p.b)
         if linear_adv > 0 and linear_fb > 0:
-            scale.append((p.k, max(p.advance_seconds - overhead, 1e-12) / linear_adv,
-                          max(p.fb_seconds - overhead, 1e-12) / linear_fb))
+            scale.append((p.k, max(p.advance_seconds - adv[2], 1e-12) / linear_adv,
+                          max(p.fb_seconds - fb[2], 1e-12) / linear_fb))
     spread = max(p.spread() for p in points + measured.scale_points)
-    return _TimeFit((adv[0], adv[1]), (fb[0], fb[1]), overhead, tuple(scale), spread)
+    return _TimeFit(tuple(adv), tuple(fb), tuple(scale), spread)
 
 
 @dataclass(frozen=True)
@@ -597,8 +612,8 @@ def _fit_memory_cpu(measured: _Measured, resident: ResidentPeak) -> _MemoryFit:
         slope = max(measured_slope, accounted[0])
         fixed = max(0.0, max(p.activation_bytes - slope * p.k * p.b for p in (anchor, calibration)))
         factor = measured_slope / accounted[0] if accounted[0] > 0 else float("nan")
-        measured_by = (f"cpu: saved-tensor accounting calibrated against VmHWM (measured growth "
-                       f"{factor:.2f}x the accounting per step and sequence)")
+        measured_by = (f"cpu: what autograd saves (saved-tensor accounting), calibrated by the peak "
+                       f"resident set, which grew {factor:.2f}x as much per step and sequence")
         notes.append(f"saved-tensor accounting {format_bytes(accounted[0])} per step and sequence; peak "
                      f"resident growth {format_bytes(measured_slope)} per step and sequence after blocks "
                      f"without grad; kept {format_bytes(slope)} + {format_bytes(fixed)} per block")
@@ -685,7 +700,8 @@ def _describe(setup: _Setup, measured: _Measured, timing: _TimeFit, memory: _Mem
         advance_seconds_per_step_per_sample=timing.advance[1],
         fb_seconds_per_step=timing.fb[0],
         fb_seconds_per_step_per_sample=timing.fb[1],
-        block_overhead_seconds=timing.overhead,
+        block_overhead_seconds=timing.fb[2],
+        advance_overhead_seconds=timing.advance[2],
         step_time_scale=timing.scale,
         timing_spread=timing.spread,
         allocator_overhead_bytes=0 if setup.cuda else CPU_ALLOCATOR_OVERHEAD_BYTES,
