@@ -1,4 +1,4 @@
-"""Every public function and method of the core has a numpydoc docstring.
+"""Every public function and method of the core and the torch backend has a numpydoc docstring.
 
 A docstring at all; a Parameters section naming each parameter where there are any; a Returns
 (or Yields) section where something is returned. What a section says is for review.
@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[1] / "vlrnn_planner"
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "vlrnn_planner"
+TORCH = ROOT / "backends" / "vlrnn_torch"
+MODULES = sorted(CORE.glob("*.py")) + sorted(TORCH.glob("*.py"))
 
 
 def _parameters(fn: ast.FunctionDef) -> list[str]:
@@ -55,7 +58,7 @@ def _public(tree: ast.Module, module: str):
                     yield sub, f"{module}.{node.name}.{sub.name}"
 
 
-@pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}.{p.stem}")
 def test_public_functions_have_numpydoc(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     problems = [p for fn, where in _public(tree, path.stem) for p in _problems(fn, where)]

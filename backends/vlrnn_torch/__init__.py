@@ -36,13 +36,39 @@ class TorchBackend:
     profile = staticmethod(profile_cell)
 
     def accepts(self, cell: Any) -> bool:
+        """Whether this backend can run ``cell``: any `torch.nn.Module`, wrappers included.
+
+        Parameters
+        ----------
+        cell : Any
+            What the caller passed as the cell; a module wrapped in ``DistributedDataParallel``,
+            ``DataParallel`` or ``torch.compile`` is a module too.
+
+        Returns
+        -------
+        bool
+            True for a `torch.nn.Module`. Whether its inputs and state suit it is checked later,
+            by `inspect`.
+        """
         return isinstance(cell, nn.Module)
 
     def __init__(self) -> None:
         self._headroom: int | None = None
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
-        """Whether ``exc`` says the device ran out of memory (`vlrnn_torch.devices.is_out_of_memory`)."""
+        """Whether ``exc`` says the device ran out of memory (`vlrnn_torch.devices.is_out_of_memory`).
+
+        Parameters
+        ----------
+        exc : BaseException
+            What a call raised.
+
+        Returns
+        -------
+        bool
+            True for torch's out-of-memory errors and for a ``RuntimeError`` that reports a failed
+            allocation (cuDNN, cuBLAS, the CPU allocator); False for the library's own errors.
+        """
         return is_out_of_memory(exc)
 
     def _record_headroom(self, headroom: int) -> None:
@@ -76,13 +102,81 @@ class TorchBackend:
         return adapter, view
 
     def inspect(self, cell, inputs, **kwargs) -> SequenceShape:
-        """Validate a call before any work; return its sequence's shape."""
+        """Validate a call before any work; return its sequence's shape.
+
+        Parameters
+        ----------
+        cell : nn.Module
+            The cell, wrappers included (`vlrnn_torch.cells.adapt`).
+        inputs : tensor, PackedSequence, or a nesting of either
+            With a time axis: ``(T, B, F)`` or ``(B, T, F)`` as the cell or ``time_dim`` declares
+            (NOTE [ The time axis ] in `vlrnn_torch.cells`), or a packed batch.
+        **kwargs
+            ``targets``, ``loss_fn``, ``state``, ``final_loss_fn``, ``time_dim``, as given to
+            `vlrnn_planner.backward`; all five are required.
+
+        Returns
+        -------
+        SequenceShape
+            Steps ``T``, batch ``B``, the per-step batch sizes of a packed batch, and whether the
+            inputs or targets carry a graph.
+
+        Raises
+        ------
+        InvalidTypeError
+            A cell that is not a module, a state that is not a structure of tensors, a
+            ``loss_fn`` or ``final_loss_fn`` that is not callable, inputs of another type.
+        InvalidInputError
+            Inputs, targets or an initial state whose shapes do not fit the cell or each other,
+            or a bidirectional cell.
+        TimeAxisError
+            An undeclared time axis, or a ``time_dim`` that contradicts the cell's.
+        """
         _, view = self._prepare(cell, inputs, **kwargs)
         return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes,
                              input_gradients=view.slices.require_grad)
 
     def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, overlap=None, **kwargs) -> Result:
-        """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
+        """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`.
+
+        Checks the call as `inspect` does, then runs `vlrnn_torch.executor.run_schedule`.
+
+        Parameters
+        ----------
+        schedule : Schedule
+            The schedule whose actions to interpret.
+        cell : nn.Module
+            The cell, wrappers included.
+        inputs : tensor, PackedSequence, or a nesting of either
+            As for `inspect`.
+        scaler : GradScaler, optional
+            Has a ``scale(loss)`` method; each block's loss is backpropagated scaled.
+        progress : callable, optional
+            ``progress(blocks_done, num_blocks)`` after each block is backpropagated.
+        verify : bool, default True
+            Check each recomputation and the cell's effects per call (NOTE [ Verifying the
+            recomputation ] in the executor, NOTE [ Effects per call ] in `vlrnn_torch.probe`).
+        overlap : bool, optional
+            Backpropagate each block while the next one re-runs with grad; None: as
+            ``schedule.overlap`` says (False where the schedule has no such attribute).
+        **kwargs
+            ``targets``, ``loss_fn``, ``state``, ``final_loss_fn``, ``time_dim``, as for `inspect`.
+
+        Returns
+        -------
+        Result
+            The total loss, the final state (detached, in the caller's batch order) and the
+            schedule.
+
+        Raises
+        ------
+        InvalidTypeError
+            A ``scaler`` without a ``scale`` method, and as for `inspect`.
+        InvalidInputError, TimeAxisError
+            As for `inspect`.
+        NoGradientError, NondeterministicCellError, PerCallEffectError, UnsupportedHookError
+            From `vlrnn_torch.executor.run_schedule`.
+        """
         if scaler is not None and not callable(getattr(scaler, "scale", None)):
             raise InvalidTypeError(
                 f"vlrnn_torch: scaler must have a scale(loss) method (torch.amp.GradScaler), "

@@ -37,7 +37,16 @@ __all__ = ["Reads", "sequence_marker", "RandomDraws"]
 
 
 def sequence_marker() -> int:
-    """The sequence number autograd gives the next node made in this thread."""
+    """The sequence number autograd gives the next node made in this thread.
+
+    Makes one node (a multiplication of a 0-d tensor) to read it.
+
+    Returns
+    -------
+    int
+        Nodes made afterwards in this thread have this number or more
+        (NOTE [ Tensors from outside the call ]).
+    """
     with torch.enable_grad():
         probe = torch.zeros((), requires_grad=True) * 1
     return probe.grad_fn._sequence_nr() + 1
@@ -126,7 +135,14 @@ class Reads(TorchFunctionMode):
         )
 
     def upstream(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(tensor, gradient) for every tensor from before the call that received a gradient."""
+        """(tensor, gradient) for every tensor from before the call that received a gradient.
+
+        Returns
+        -------
+        list of (tensor, tensor)
+            The tensor with its graph and the gradient its proxy gathered over the blocks, for
+            the executor to backpropagate once.
+        """
         return [(t, p.grad) for t, p in self.proxies.values() if p.grad is not None]
 
     def release(self) -> None:

@@ -87,7 +87,22 @@ class StepCell(nn.Module):
         self.state_batch_dim = _check_axis("state_batch_dim", state_batch_dim)
 
     def forward(self, x_t: Any, state: Any) -> tuple[Any, Any]:
-        """One step: ``module(x_t, state)``."""
+        """One step: ``module(x_t, state)``.
+
+        Parameters
+        ----------
+        x_t : structure of tensors
+            The inputs of one step, the time axis removed: ``(B, F)`` for inputs ``(T, B, F)``
+            or ``(B, T, F)``; for a packed batch, the rows of the sequences still running.
+        state : structure or None
+            The state entering the step.
+
+        Returns
+        -------
+        output_t, state
+            Whatever the wrapped module returns: the step's outputs (the adapter stacks them along
+            the time axis) and the state leaving the step.
+        """
         return self.module(x_t, state)
 
 
@@ -130,7 +145,22 @@ class SequenceModule(nn.Module):
         self.state_batch_dim = _check_axis("state_batch_dim", state_batch_dim)
 
     def forward(self, x_block: Any, state: Any) -> tuple[Any, Any]:
-        """A block of steps: ``module(x_block, state)``."""
+        """A block of steps: ``module(x_block, state)``.
+
+        Parameters
+        ----------
+        x_block : structure of tensors
+            The block's inputs, time axis at ``time_dim`` (``(K, B, F)`` or ``(B, K, F)`` for a
+            block of ``K`` steps); for a packed batch, a `PackedSequence` of the block's steps
+            (sorted order, the sequences still running at its first step).
+        state : structure or None
+            The state entering the block.
+
+        Returns
+        -------
+        outputs, state
+            Whatever the wrapped module returns: the block's outputs and the state leaving it.
+        """
         return self.module(x_block, state)
 
 
@@ -241,10 +271,18 @@ class Adapter:
         ndim : int
             Dimensions of the (first) input tensor.
 
+        Returns
+        -------
+        int
+            The time axis, ``>= 0``: ``given`` where the module allows it, else what the module
+            declares. Not checked against ``ndim`` when taken from the declaration.
+
         Raises
         ------
         TimeAxisError
             Undeclared and not given, or given against what the module declares.
+        InvalidInputError
+            ``given`` is not an int, or lies outside ``ndim`` dimensions.
         """
         if given is not None:
             if isinstance(given, bool) or not isinstance(given, int):
@@ -267,8 +305,21 @@ class Adapter:
         return given
 
     def batch_dim(self, time_dim: int, ndim: int) -> int | None:
-        """The batch axis of an input of ``ndim`` dimensions with time at ``time_dim`` (None: one
-        unbatched sequence)."""
+        """The batch axis of an input of ``ndim`` dimensions with time at ``time_dim``.
+
+        Parameters
+        ----------
+        time_dim : int
+            The time axis, as `resolve_time_dim` returns it.
+        ndim : int
+            Dimensions of the tensor (an input or a target).
+
+        Returns
+        -------
+        int or None
+            1 if time is at 0, else 0; None for one unbatched sequence (a 1-D tensor, and for
+            built-in modules a 2-D ``(T, F)`` one).
+        """
         if ndim < 2:
             return None
         return 1 if time_dim == 0 else 0
@@ -292,15 +343,65 @@ class Adapter:
     # -- checks before any work ------------------------------------------------------------------
 
     def check_inputs(self, leaves: Sequence[torch.Tensor], nested: bool, time_dim: int) -> None:
-        """Refuse inputs the module cannot take (built-in modules know their sizes)."""
+        """Refuse inputs the module cannot take (built-in modules know their sizes).
+
+        The base adapter (a custom module) accepts anything.
+
+        Parameters
+        ----------
+        leaves : sequence of tensor
+            The input tensors (for a packed batch: the first one's ``.data``, ``(rows, F)``).
+        nested : bool
+            Whether the inputs are a structure of several tensors rather than one.
+        time_dim : int
+            The inputs' time axis (0 for a packed batch).
+
+        Raises
+        ------
+        InvalidTypeError
+            A built-in module given a structure of inputs.
+        InvalidInputError
+            A built-in module given inputs that are not floating-point, have a rank other than 2
+            or 3, or a feature size other than its ``input_size``.
+        """
 
     def check_state(self, state: Any, batch: int | None) -> None:
-        """Refuse a state of the wrong structure or size (built-in modules know theirs)."""
+        """Refuse a state of the wrong structure or size (built-in modules know theirs).
+
+        The base adapter (a custom module) accepts anything.
+
+        Parameters
+        ----------
+        state : structure or None
+            The caller's initial state (None: the module's default, never refused).
+        batch : int or None
+            The inputs' batch ``B``; None for one unbatched sequence (the state has no batch axis
+            then).
+
+        Raises
+        ------
+        InvalidInputError
+            A built-in module's state that is not one tensor ``h`` (a pair ``(h, c)`` for an
+            LSTM), or whose shapes are not ``(num_layers, B, hidden_size)`` (``nn.RNN``/``LSTM``/
+            ``GRU``; ``proj_size`` for an LSTM's ``h``) or ``(B, hidden_size)`` (step cells),
+            without ``B`` for one unbatched sequence.
+        """
 
     # -- running ---------------------------------------------------------------------------------
 
     def module(self, bare: bool) -> nn.Module:
-        """What runs: the caller's module, or with ``bare`` the one behind its wrappers."""
+        """What runs: the caller's module, or with ``bare`` the one behind its wrappers.
+
+        Parameters
+        ----------
+        bare : bool
+            Take the module behind the wrappers (no DDP synchronisation, no compilation).
+
+        Returns
+        -------
+        nn.Module
+            `cell` or `inner`.
+        """
         return self.inner if bare else self.cell
 
     def run(self, x_block: Any, state: Any, time_dim: int, *, bare: bool = False) -> tuple[Any, Any]:
@@ -334,6 +435,8 @@ class Adapter:
             Sequences running at each step of the block, non-increasing.
         state : structure or None
             The active sequences' state (``batch_sizes[0]`` of them, sorted order).
+        bare : bool
+            Run the module behind the wrappers (see `module`).
 
         Returns
         -------

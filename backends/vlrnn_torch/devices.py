@@ -169,7 +169,19 @@ class ResidentPeak:
         return found
 
     def start(self) -> int:
-        """Reset the peak; the resident bytes now."""
+        """Reset the peak; the resident bytes now.
+
+        Returns
+        -------
+        int
+            ``VmRSS`` in bytes, after freed heap pages were returned (glibc's ``malloc_trim``,
+            where present).
+
+        Raises
+        ------
+        OSError
+            Where ``/proc/self/clear_refs`` cannot be written (see `available`).
+        """
         if self._trim is not None:
             self._trim(0)
         with open("/proc/self/clear_refs", "w") as f:
@@ -177,13 +189,27 @@ class ResidentPeak:
         return self._status()["VmRSS"]
 
     def peak(self) -> int:
-        """The peak resident bytes since `start`."""
+        """The peak resident bytes since `start`.
+
+        Returns
+        -------
+        int
+            ``VmHWM`` in bytes: the process's whole resident set at its peak, not the growth;
+            subtract what `start` returned for that.
+        """
         return self._status()["VmHWM"]
 
 
 def host_memory() -> tuple[int | None, int | None]:
     """The host's total and available memory (MemTotal, MemAvailable of ``/proc/meminfo``), or
-    Nones where the kernel does not say."""
+    Nones where the kernel does not say.
+
+    Returns
+    -------
+    total, available : int or None
+        Bytes; both None where ``/proc/meminfo`` cannot be read (not Linux), either one None
+        where the kernel does not list it.
+    """
     found: dict[str, int] = {}
     try:
         with open("/proc/meminfo") as f:
@@ -197,7 +223,14 @@ def host_memory() -> tuple[int | None, int | None]:
 
 
 def cpu_name() -> str:
-    """The CPU's model name."""
+    """The CPU's model name.
+
+    Returns
+    -------
+    str
+        The first ``model name`` of ``/proc/cpuinfo``; elsewhere what `platform` says (the
+        processor, else the machine type), or ``"CPU"``.
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

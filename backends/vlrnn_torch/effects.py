@@ -60,7 +60,19 @@ __all__ = ["GradStash", "BufferReplay", "ParametrizationCache", "check_module_ho
 
 
 def hooks_of(t: torch.Tensor) -> tuple[Any, Any]:
-    """The tensor's hook dicts: tensor hooks and post-accumulate-grad hooks (None where absent)."""
+    """The tensor's hook dicts: tensor hooks and post-accumulate-grad hooks (None where absent).
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        A leaf.
+
+    Returns
+    -------
+    tensor_hooks, post_accumulate_hooks : dict or None
+        Torch's own ordered dicts (``_backward_hooks``, ``_post_accumulate_grad_hooks``), not
+        copies: clearing or updating them takes hooks off ``t`` or puts them back.
+    """
     return getattr(t, "_backward_hooks", None), getattr(t, "_post_accumulate_grad_hooks", None)
 
 
@@ -76,7 +88,13 @@ class GradStash:
         return id(t) in self._saved
 
     def tensors(self) -> list[torch.Tensor]:
-        """The leaves put aside so far."""
+        """The leaves put aside so far.
+
+        Returns
+        -------
+        list of tensor
+            In the order they were added; those given back by `merge` are left out.
+        """
         return [entry[0] for entry in self._saved.values()]
 
     def add(self, tensors: Iterable[torch.Tensor | None]) -> None:
@@ -101,11 +119,23 @@ class GradStash:
                 post_hooks.clear()
 
     def received(self) -> bool:
-        """Whether any leaf put aside has received a gradient during the call."""
+        """Whether any leaf put aside has received a gradient during the call.
+
+        Returns
+        -------
+        bool
+            True if the ``.grad`` of any leaf put aside (merged ones included) is not None.
+        """
         return any(entry[0].grad is not None for entry in (*self._saved.values(), *self._merged.values()))
 
     def hooked(self) -> list[torch.Tensor]:
-        """The leaves put aside that have hooks."""
+        """The leaves put aside that have hooks.
+
+        Returns
+        -------
+        list of tensor
+            Those with a tensor hook or a post-accumulate-grad hook taken off (NOTE [ Hooks ]).
+        """
         return [t for t, _, pre, post in self._saved.values() if pre or post]
 
     def merge(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -115,6 +145,12 @@ class GradStash:
         For a synchronised ``DistributedDataParallel`` step, whose last traversal must all-reduce
         what plain DDP would: everything accumulated locally (NOTE [ DistributedDataParallel ] in
         the executor). Hooks of such leaves are refused beforehand.
+
+        Parameters
+        ----------
+        tensors : iterable of tensor
+            Leaves to give back; those not put aside are skipped. A `rollback` still sets them to
+            their put-aside gradient, a `commit` leaves them as they are.
         """
         for t in tensors:
             entry = self._saved.get(id(t))
@@ -203,7 +239,14 @@ class BufferReplay:
         """A copy of every buffer now (None for a module without buffers).
 
         Every buffer is copied: kernels such as ``batch_norm`` update running statistics in place
-        without bumping the tensor's version counter, so a change cannot be told cheaply."""
+        without bumping the tensor's version counter, so a change cannot be told cheaply.
+
+        Returns
+        -------
+        tuple of tensor or None
+            Detached clones, one per buffer in module order, on the buffers' devices (`nbytes`
+            bytes in all).
+        """
         if not self.entries:
             return None
         with torch.no_grad():
@@ -214,7 +257,15 @@ class BufferReplay:
 
         The values are written through ``.data``, which leaves the buffers' version counters
         alone: this rewinds the module to values a graph of this call may have saved (a cached
-        parametrization's), it is not an operation to differentiate."""
+        parametrization's), it is not an operation to differentiate.
+
+        Parameters
+        ----------
+        snapshot : tuple of tensor or None
+            From `capture`; None for the call's start (`mark_start`, else when this record was
+            made). A buffer whose shape or dtype changed since, or that was removed, is replaced
+            by a clone of the snapshot's value.
+        """
         if not self.entries:
             return
         values = self.start if snapshot is None else snapshot
@@ -227,7 +278,13 @@ class BufferReplay:
                     m._buffers[name] = value.clone()
 
     def nbytes(self) -> int:
-        """Bytes one snapshot keeps."""
+        """Bytes one snapshot keeps.
+
+        Returns
+        -------
+        int
+            The buffers' size in bytes when this record was made; 0 without buffers.
+        """
         return 0 if self.initial is None else sum(t.numel() * t.element_size() for t in self.initial)
 
 
@@ -274,11 +331,25 @@ class ParametrizationCache:
             del parametrize._cache[key]
 
     def proxies(self) -> list[torch.Tensor]:
-        """The leaves the blocks read."""
+        """The leaves the blocks read.
+
+        Returns
+        -------
+        list of tensor
+            One detached leaf per parametrized weight (requiring grad where the weight does),
+            made by `enter`; empty before it and after `exit`.
+        """
         return [p for _, p in self.weights]
 
     def upstream(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(weight, gradient) for every weight that received a gradient."""
+        """(weight, gradient) for every weight that received a gradient.
+
+        Returns
+        -------
+        list of (tensor, tensor)
+            The weight as computed by `enter` (with its graph into the parametrization) and the
+            gradient its leaf gathered over the blocks, for the executor to backpropagate once.
+        """
         return [(w, p.grad) for w, p in self.weights if p.grad is not None]
 
     def exit(self) -> None:

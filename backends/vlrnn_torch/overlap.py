@@ -62,7 +62,13 @@ class Lookahead:
         return next(self._it)
 
     def peek_past_frees(self) -> Any:
-        """The next action that is not a ``Free`` (None at the end), without consuming anything."""
+        """The next action that is not a ``Free`` (None at the end), without consuming anything.
+
+        Returns
+        -------
+        action or None
+            The actions read past on the way stay buffered and are still yielded in order.
+        """
         for action in self._buffer:
             if not self._is_free(action):
                 return action
@@ -91,13 +97,37 @@ class Overlap:
         self.threads = torch.get_num_threads()
 
     def stream_for(self, block: int) -> Any:
-        """The CUDA stream of block ``block`` (alternating), or None on the CPU."""
+        """The CUDA stream of block ``block`` (alternating), or None on the CPU.
+
+        Parameters
+        ----------
+        block : int
+            The block's index in the schedule.
+
+        Returns
+        -------
+        torch.cuda.Stream or None
+            The caller's stream for an even block, the side stream for an odd one.
+        """
         return None if self.streams is None else self.streams[block % 2]
 
     @contextlib.contextmanager
     def forward_on(self, block: int):
         """Run a block's forward on its stream, after the caller's stream (which made the stored
-        states); on the CPU, with half the intra-op threads."""
+        states); on the CPU, with half the intra-op threads.
+
+        The CPU's thread count is not set back on leaving; `finish` does that.
+
+        Parameters
+        ----------
+        block : int
+            The block's index in the schedule (its stream: `stream_for`).
+
+        Yields
+        ------
+        None
+            Within the context, the current stream is the block's.
+        """
         if self.streams is None:
             torch.set_num_threads(max(1, self.threads // 2))
             yield
@@ -109,7 +139,24 @@ class Overlap:
 
     def backward_elsewhere(self, fn: Callable[[], Any], block: int, delta: list[Any] | None) -> Future:
         """Run ``fn`` (a block's backward) on the worker thread, on the block's stream after the
-        stream that made ``delta``."""
+        stream that made ``delta``.
+
+        Parameters
+        ----------
+        fn : callable
+            ``fn()``: the block's backward traversal.
+        block : int
+            The block's index; ``delta`` was made on the stream of block ``block + 1``.
+        delta : list of (tensor or None), or None
+            The gradient at the block's output state, left by the backward of block
+            ``block + 1``; None for the last block. Its tensors are recorded on the block's stream
+            so their memory is not reused early.
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Of ``fn``'s result; its ``result()`` re-raises what ``fn`` raised.
+        """
         stream = self.stream_for(block)
         if stream is not None and delta is not None:
             other = self.stream_for(block + 1)

@@ -315,7 +315,21 @@ class DenseView:
     def check_initial_state(self, state: Any) -> None:
         """Refuse an initial state that does not hold the inputs' batch: along ``state_batch_dim``
         where the module declares it, on some axis of every tensor of 2 or more dimensions
-        otherwise (a state given for another batch shows a time axis taken for the batch)."""
+        otherwise (a state given for another batch shows a time axis taken for the batch).
+
+        Unbatched inputs and ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (whose adapter checks the state's
+        shapes, `Adapter.check_state`) are not checked here.
+
+        Parameters
+        ----------
+        state : structure or None
+            The caller's initial state.
+
+        Raises
+        ------
+        InvalidInputError
+            A tensor of the state without ``B`` rows where they are looked for.
+        """
         if state is None or self.batch is None or self.adapter.kind == "rnn":
             return
         declared = self.adapter.state_batch_declared
@@ -337,16 +351,62 @@ class DenseView:
                 )
 
     def prepare_state(self, state: Any) -> Any:
-        """The caller's initial state as the blocks use it (unchanged for dense inputs)."""
+        """The caller's initial state as the blocks use it (unchanged for dense inputs).
+
+        Parameters
+        ----------
+        state : structure or None
+            The caller's initial state.
+
+        Returns
+        -------
+        structure or None
+            ``state`` itself.
+        """
         return state
 
     def finalize_state(self, state: Any) -> Any:
-        """The final state as the caller gets it (unchanged for dense inputs)."""
+        """The final state as the caller gets it (unchanged for dense inputs).
+
+        Parameters
+        ----------
+        state : structure or None
+            The state leaving the last block.
+
+        Returns
+        -------
+        structure or None
+            ``state`` itself.
+        """
         return state
 
     def run(self, start: int, stop: int, state: Any, *, bare: bool = False) -> tuple[Any, Any]:
-        """Run the cell over steps ``[start, stop)`` from ``state``: ``(outputs, state)``; with
-        ``bare``, the module behind its wrappers (no DDP synchronisation, no compilation)."""
+        """Run the cell over steps ``[start, stop)`` from ``state``.
+
+        Parameters
+        ----------
+        start, stop : int
+            The block's steps, ``0 <= start < stop <= seq_len``.
+        state : structure or None
+            The state at step ``start``.
+        bare : bool, default False
+            Run the module behind its wrappers (no DDP synchronisation, no compilation).
+
+        Returns
+        -------
+        outputs, state
+            The cell's outputs for the block and the state at step ``stop``. For built-in
+            modules, over ``K = stop - start`` steps: ``(K, B, H)`` with time at 0, ``(B, K, H)``
+            with time at 1, ``(K, H)`` for one unbatched sequence; a custom sequence module's as
+            it returns them, a `StepCell`'s stacked along the time axis.
+
+        Raises
+        ------
+        InvalidInputError
+            The cell returned a state of another nesting or shape than it was given.
+        InvalidTypeError
+            The cell did not return a pair ``(outputs, state)``.
+        """
         x = _cut(self.slices, self._in_index, self.in_spec, start, stop)
         self.layout.given(state)
         out, state = self.adapter.run(x, state, self.time_dim, bare=bare)
@@ -354,13 +414,40 @@ class DenseView:
         return out, state
 
     def block_targets(self, start: int, stop: int) -> Any:
-        """The targets of steps ``[start, stop)``, as ``loss_fn`` receives them (None if none)."""
+        """The targets of steps ``[start, stop)``, as ``loss_fn`` receives them.
+
+        Parameters
+        ----------
+        start, stop : int
+            The block's steps.
+
+        Returns
+        -------
+        structure of tensors or None
+            The targets cut along ``time_dim`` (``stop - start`` steps there), in their nesting,
+            on the cell's device; None for a call without targets.
+        """
         if self.tgt_spec is None:
             return None
         return _cut(self.slices, self._tgt_index, self.tgt_spec, start, stop)
 
     def check_outputs(self, outputs: Any, *, needed: bool) -> None:
-        """Refuse outputs a dense call cannot hand to ``loss_fn``."""
+        """Refuse outputs a dense call cannot hand to ``loss_fn``.
+
+        Parameters
+        ----------
+        outputs : structure
+            What the cell returned for a block.
+        needed : bool
+            Whether ``loss_fn`` will read them.
+
+        Raises
+        ------
+        InvalidTypeError
+            The outputs hold a `PackedSequence`.
+        InvalidInputError
+            The outputs are all None and ``needed`` is True.
+        """
         leaves, _ = flatten(outputs, packed_leaves=True, what="the cell's outputs")
         if any(isinstance(o, PackedSequence) for o in leaves):
             raise InvalidTypeError(
@@ -433,11 +520,35 @@ class PackedView:
         self.layout = _StateLayout(adapter.name)
 
     def prepare_state(self, state: Any) -> Any:
-        """The caller's initial state (caller's batch order) in sorted order."""
+        """The caller's initial state (caller's batch order) in sorted order.
+
+        Parameters
+        ----------
+        state : structure or None
+            The caller's initial state, batch along ``state_batch_dim``.
+
+        Returns
+        -------
+        structure or None
+            New tensors, rows reordered longest sequence first; ``state`` itself where it is None
+            or the packing is already sorted (no ``sorted_indices``).
+        """
         return self._reorder(state, self.sorted_indices)
 
     def finalize_state(self, state: Any) -> Any:
-        """A state in sorted order, back in the caller's batch order."""
+        """A state in sorted order, back in the caller's batch order.
+
+        Parameters
+        ----------
+        state : structure or None
+            The state leaving the last block, in sorted order.
+
+        Returns
+        -------
+        structure or None
+            New tensors, rows in the caller's order; ``state`` itself where it is None or the
+            packing is already sorted (no ``unsorted_indices``).
+        """
         return self._reorder(state, self.unsorted_indices)
 
     def _reorder(self, state: Any, index: torch.Tensor | None) -> Any:
@@ -446,8 +557,36 @@ class PackedView:
         return tree_map(lambda t: t.index_select(self.dim, index.to(t.device)), state)
 
     def run(self, start: int, stop: int, state: Any, *, bare: bool = False) -> tuple[Any, Any]:
-        """Run the cell over steps ``[start, stop)`` from ``state`` (sorted order): ``(out_data,
-        state)``; with ``bare``, the module behind its wrappers."""
+        """Run the cell over steps ``[start, stop)`` from ``state`` (sorted order).
+
+        Only the sequences still running at step ``start`` go through the cell; the others' rows
+        of the state pass through unchanged.
+
+        Parameters
+        ----------
+        start, stop : int
+            The block's steps, ``0 <= start < stop <= seq_len``.
+        state : structure or None
+            Every sequence's state at step ``start``, sorted order, batch along
+            ``state_batch_dim``.
+        bare : bool, default False
+            Run the module behind its wrappers (no DDP synchronisation, no compilation).
+
+        Returns
+        -------
+        out_data, state
+            The outputs' rows for the block, ``(sum(batch_sizes[start:stop]), ...)`` (a
+            `PackedSequence` output replaced by its ``.data``), and every sequence's state at step
+            ``stop``.
+
+        Raises
+        ------
+        InvalidInputError
+            A state without the packed batch's ``B`` rows along ``state_batch_dim`` (given or
+            returned), or returned in another nesting or shape than it was given.
+        InvalidTypeError
+            The cell did not return a pair ``(outputs, state)``.
+        """
         data = _cut(self.slices, self._in_index, self.in_spec, start, stop)
         batch_sizes = torch.tensor(self.sizes[start:stop], dtype=torch.int64)
         if state is not None:
@@ -462,7 +601,19 @@ class PackedView:
         return out, state
 
     def check_initial_state(self, state: Any) -> None:
-        """Refuse an initial state without one row per sequence along ``state_batch_dim``."""
+        """Refuse an initial state without one row per sequence along ``state_batch_dim``.
+
+        Parameters
+        ----------
+        state : structure or None
+            The caller's initial state (None passes).
+
+        Raises
+        ------
+        InvalidInputError
+            A tensor whose axis ``state_batch_dim`` does not hold the packed batch's ``B``
+            sequences.
+        """
         self._check_batch_axis(state, "the call was given holds")
 
     def _check_batch_axis(self, state: Any, how: str) -> None:
@@ -476,13 +627,40 @@ class PackedView:
                 )
 
     def block_targets(self, start: int, stop: int) -> Any:
-        """The targets' rows of steps ``[start, stop)``, as ``loss_fn`` receives them."""
+        """The targets' rows of steps ``[start, stop)``, as ``loss_fn`` receives them.
+
+        Parameters
+        ----------
+        start, stop : int
+            The block's steps: rows ``offsets[start]:offsets[stop]`` of the packed data.
+
+        Returns
+        -------
+        structure of tensors or None
+            The rows of each packed target's ``.data`` for those steps,
+            ``(sum(batch_sizes[start:stop]), ...)``, in their nesting, on the cell's device; None
+            for a call without targets.
+        """
         if self.tgt_spec is None:
             return None
         return _cut(self.slices, self._tgt_index, self.tgt_spec, start, stop)
 
     def check_outputs(self, outputs: Any, *, needed: bool) -> None:
-        """Refuse outputs that ``loss_fn`` cannot take."""
+        """Refuse outputs that ``loss_fn`` cannot take.
+
+        Parameters
+        ----------
+        outputs : structure
+            What the cell returned for a block (rows of packed data, or anything a custom module
+            returns).
+        needed : bool
+            Whether ``loss_fn`` will read them.
+
+        Raises
+        ------
+        InvalidInputError
+            The outputs are all None and ``needed`` is True.
+        """
         leaves, _ = flatten(outputs, packed_leaves=True, what="the cell's outputs")
         if needed and all(o is None for o in leaves):
             raise InvalidInputError(

@@ -84,6 +84,19 @@ def _flatten(obj: Any, leaves: list[Any], packed: bool, what: str) -> Any:
 def unflatten(spec: Any, leaves: Sequence[Any]) -> Any:
     """Rebuild the nesting described by ``spec`` around ``leaves``, with the same container types.
 
+    Parameters
+    ----------
+    spec
+        From `flatten`.
+    leaves : sequence
+        One leaf per leaf of ``spec``, in `flatten`'s order.
+
+    Returns
+    -------
+    structure
+        Each container rebuilt by its own type: a mapping from its ``(key, item)`` pairs, a named
+        tuple from its fields, any other sequence from the list of its items.
+
     Raises
     ------
     InvalidTypeError
@@ -115,13 +128,53 @@ def _unflatten(spec: Any, it) -> Any:
 
 
 def tree_map(fn: Callable[[Any], Any], obj: Any, *, packed_leaves: bool = False) -> Any:
-    """Apply ``fn`` to every non-None leaf of ``obj``; None leaves stay None."""
+    """Apply ``fn`` to every non-None leaf of ``obj``; None leaves stay None.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(leaf) -> new_leaf``.
+    obj : structure
+        As for `flatten`.
+    packed_leaves : bool, default False
+        Hand a `PackedSequence` to ``fn`` as a leaf rather than refuse it.
+
+    Returns
+    -------
+    structure
+        The same nesting and container types around ``fn``'s results.
+
+    Raises
+    ------
+    InvalidTypeError
+        As `flatten` and `unflatten` raise it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tree_map(lambda t: t * 2, {"h": torch.ones(2), "c": None})["h"].tolist()
+    [2.0, 2.0]
+    """
     leaves, spec = flatten(obj, packed_leaves=packed_leaves)
     return unflatten(spec, [None if x is None else fn(x) for x in leaves])
 
 
 def check_state(obj: Any, *, what: str = "the state") -> None:
-    """Raise `InvalidTypeError` where ``obj`` is not a state, or cannot be rebuilt."""
+    """Raise `InvalidTypeError` where ``obj`` is not a state, or cannot be rebuilt.
+
+    Parameters
+    ----------
+    obj : structure
+        A tensor, None, or a Mapping or Sequence of those (no `PackedSequence`).
+    what : str, default "the state"
+        What ``obj`` is, for the error message.
+
+    Raises
+    ------
+    InvalidTypeError
+        For a leaf of another type, a string, a `PackedSequence`, or a container whose
+        constructor does not take its items.
+    """
     leaves, spec = flatten(obj, what=what)
     unflatten(spec, leaves)
 
@@ -129,7 +182,31 @@ def check_state(obj: Any, *, what: str = "the state") -> None:
 def layout(obj: Any) -> tuple[Any, tuple[Any, ...]]:
     """The nesting of a state (mappings with their keys, sequences with their lengths, whatever
     their types: ``nn.LSTM`` takes a list and returns a tuple) and the shape and dtype of each
-    leaf: what must not change from one block to the next."""
+    leaf: what must not change from one block to the next.
+
+    Parameters
+    ----------
+    obj : structure
+        A state, as for `flatten`.
+
+    Returns
+    -------
+    nesting
+        Comparable with ``==``; container types are left out.
+    leaves : tuple
+        ``(shape, dtype)`` per leaf, in `flatten`'s order; None for a None leaf.
+
+    Raises
+    ------
+    InvalidTypeError
+        As `flatten` raises it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> layout([torch.zeros(2, 3), None]) == layout((torch.ones(2, 3), None))
+    True
+    """
     leaves, spec = flatten(obj)
     return _kinds(spec), tuple(None if t is None else (tuple(t.shape), t.dtype) for t in leaves)
 
@@ -142,7 +219,25 @@ def _kinds(spec: Any) -> Any:
 
 
 def shapes(obj: Any) -> tuple[Any, tuple[Any, ...]]:
-    """A state's nesting (as `layout`) and leaf shapes, without dtypes (autocast may change them)."""
+    """A state's nesting (as `layout`) and leaf shapes, without dtypes (autocast may change them).
+
+    Parameters
+    ----------
+    obj : structure
+        A state, as for `layout`.
+
+    Returns
+    -------
+    nesting
+        As `layout` gives it.
+    shapes : tuple
+        The shape of each leaf (a tuple of int), in `flatten`'s order; None for a None leaf.
+
+    Raises
+    ------
+    InvalidTypeError
+        As `flatten` raises it.
+    """
     spec, leaves = layout(obj)
     return spec, tuple(None if leaf is None else leaf[0] for leaf in leaves)
 
