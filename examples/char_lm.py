@@ -457,8 +457,29 @@ def compare(args: argparse.Namespace) -> None:
             if done.returncode != 0:
                 raise SystemExit(f"char_lm: {method} BPTT failed:\n{done.stderr[-3000:]}")
             results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+    methods = list(results)
+    print(f"timing {', '.join(methods)} BPTT side by side, {args.timing_rounds} rounds ...", flush=True)
+    seconds = time_side_by_side(args, plan, train_stream, methods, args.timing_rounds)
+    for method in methods:
+        results[method]["seconds"] = seconds[method]
     _print_table(results)
     _plot(results, args.plot)
+
+
+def time_side_by_side(args: argparse.Namespace, plan: vp.Plan, train_stream: torch.Tensor, methods: list[str],
+                      rounds: int) -> dict[str, float]:
+    """Median seconds per update of each method, their updates interleaved round by round so that
+    whatever else runs on the machine slows them alike; the first round warms up."""
+    block_length = plan.schedule(seq_len=args.seq_len, batch_size=args.batch_size).block_length
+    trainers = {method: make_trainer(args, train_stream) for method in methods}
+    seconds: dict[str, list[float]] = {method: [] for method in methods}
+    for _ in range(rounds + 1):
+        for method in methods:
+            gradient = gradient_fn(method, plan, block_length)
+            started = time.perf_counter()
+            trainers[method].step(gradient)
+            seconds[method].append(time.perf_counter() - started)
+    return {method: statistics.median(times[1:]) for method, times in seconds.items()}
 
 
 def _available_bytes() -> int:
@@ -481,8 +502,8 @@ def _print_table(results: dict[str, dict]) -> None:
     if "plain" in results:
         ratios.insert(0, f"peak memory, exact / plain: {exact['peak'] / results['plain']['peak']:.3f}")
     print("\n" + "; ".join(ratios))
-    print("(peak memory: the updates' peak resident growth, each method in a fresh process; time per "
-          "update: the median after the first)")
+    print("(peak memory: the updates' peak resident growth after the first, each method in a fresh "
+          "process; time per update: the median of the methods' updates interleaved, after the first round)")
 
 
 def _plot(results: dict[str, dict], path: str) -> None:
@@ -527,6 +548,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", action="store_true",
                         help="train with exact, truncated and plain BPTT; print a table, plot the validation")
     parser.add_argument("--plot", default="char_lm_compare.png", help="where --compare saves its plot")
+    parser.add_argument("--timing-rounds", type=int, default=10,
+                        help="--compare: rounds of one update per method, timed side by side")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # --compare's child processes
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
