@@ -81,12 +81,15 @@ class LitCharLM(L.LightningModule):
         self.carried: Any = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over the model's parameters."""
         return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
 
     def on_train_epoch_start(self) -> None:
+        """Each pass over the stream starts from a zero state."""
         self.carried = None
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """One update: exact BPTT over the batch's window from the carried state, clip, step."""
         x, y = batch
         loss_fn = mean_cross_entropy(y.numel())
         if self.plan is None:
@@ -103,12 +106,15 @@ class LitCharLM(L.LightningModule):
         self.log("train_bpc", bits(result.loss), prog_bar=True)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Bits per character on the validation rows."""
         self.log("valid_bpc", validation_bits(self.model, batch), prog_bar=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the carried state with the checkpoint."""
         checkpoint["carried_state"] = self.carried
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take the carried state up again."""
         self.carried = checkpoint.get("carried_state")
 
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--budget", default="100MB")
-    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--valid-every", type=int, default=20, help="validate every this many updates")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
