@@ -2,9 +2,9 @@
 
     python benchmarks/bench_planner.py
 
-Targets on a CPU: profiling an LSTM of 2 x 256 (input 64) takes under 2 s (issue 3), and
+Targets on a CPU: profiling an LSTM of 2 x 256 (input 64) takes under 2 s, and
 ``auto_plan(nn.LSTM(4, 256, 2), budget="250MB").schedule(seq_len=10**6, batch_size=8)`` is
-feasible and returns in well under 2 s (issue 4).
+feasible and returns in well under 2 s.
 """
 
 from __future__ import annotations

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+import tracemalloc
 
 import pytest
 
 import vlrnn_planner as vp
-from vlrnn_planner import cli, export
+from vlrnn_planner import cli
 from vlrnn_planner.errors import InfeasibleBudgetError, PlannerError
+from vlrnn_planner.plan import load_document
+from vlrnn_planner.simulate import predicted_memory, walk_schedule
+from conftest import LSTM_PROFILE
 
 PARTS = (
     ("parameters", 1_000_000),
@@ -20,20 +24,20 @@ PARTS = (
     ("working state and its gradient", 2 * 100_000),
     ("block in flight", 3_000_000),
 )
+PREDICTION = vp.Prediction(
+    peak_bytes=sum(size for _, size in PARTS),
+    seconds=2.0,
+    baseline_seconds=1.0,
+    memory_parts=PARTS,
+    state_bytes=100_000,
+    block_bytes=3_000_000,
+    fixed_bytes=2_000_000,
+    budget_bytes=8_000_000,
+)
 
 
 def predicted_schedule(**overrides) -> vp.Schedule:
-    fields = dict(
-        strategy="blocks",
-        seq_len=1000,
-        block_length=100,
-        batch_size=4,
-        predicted_peak_bytes=sum(size for _, size in PARTS),
-        predicted_seconds=2.0,
-        baseline_seconds=1.0,
-        memory_parts=PARTS,
-        budget_bytes=8_000_000,
-    )
+    fields = dict(strategy="blocks", seq_len=1000, block_length=100, batch_size=4, prediction=PREDICTION)
     fields.update(overrides)
     return vp.Schedule(**fields)
 
@@ -114,6 +118,38 @@ def test_show_plan_resolved_for_seq_len(capsys, files):
     assert "Schedule: blocks, T=30, K=10, 3 blocks, batch 5" in out
 
 
+@pytest.mark.parametrize(
+    "schedule, lines",
+    [
+        (
+            vp.Schedule("blocks", seq_len=10**9, block_length=1),
+            ["actions: 2000000000", "most stored states: 999999999",
+             "0  Advance(0, 999999999, save=(1, 2, 3, 4, 5, 6, ..., 999999997, 999999998))"],
+        ),
+        (
+            vp.Schedule("binomial", seq_len=10**15, block_length=1, checkpoints=3),
+            ["actions: 2000000000000000", "most stored states: 3", "1  ForwardBackward(999999999999999)  [3]"],
+        ),
+    ],
+    ids=["blocks-1e9", "binomial-1e15"],
+)
+def test_show_huge_schedules_from_closed_forms(capsys, tmp_path, schedule, lines):
+    # Every statistic has a closed form and the listing walks 20 actions without listing the
+    # stored states: no memory to speak of, whatever the schedule's length.
+    path = tmp_path / "huge.json"
+    path.write_text(schedule.to_json())
+    tracemalloc.start()
+    try:
+        code, out, err = run(capsys, "show", str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert peak < 4 * 2**20
+    for line in lines:
+        assert line in out
+
+
 def test_statistics_match_simulator():
     from vlrnn_planner.simulate import simulate_schedule
 
@@ -132,6 +168,9 @@ def test_statistics_match_simulator():
     # a short last block counts its own steps
     stats = cli.schedule_statistics(vp.fixed_plan(block_length=10).schedule(seq_len=35))
     assert (stats.forward_evaluations, stats.evaluated_steps) == (7, 30 + 35)
+    # unequal blocks count their own steps: blocks 0..1 advanced (5 steps), all three backpropagated
+    stats = cli.schedule_statistics(vp.Schedule("blocks", seq_len=10, block_length=1, boundaries=(0, 2, 5, 10)))
+    assert (stats.forward_evaluations, stats.evaluated_steps) == (5, 15)
 
 
 # -- dot -------------------------------------------------------------------------------------
@@ -172,25 +211,23 @@ def test_plot_long_schedule_is_binned(capsys, tmp_path):
     code, _, err = run(capsys, "plot", str(path), "-o", str(target), "--points", "100")
     assert code == 0, err
     assert target.read_text().lstrip().startswith("<?xml")
-    series, in_bytes = cli._trace(schedule, 100)
-    assert in_bytes
-    assert all(len(s.envelope.highs) <= 200 for s in series)
-    assert max(series[0].envelope.highs) == max(
-        p for p, _ in export._memory_after_actions(schedule)
-    )
+    trace = cli._trace(schedule, 100)
+    assert trace.in_bytes and trace.binned and len(trace.starts) == 100
+    steps = list(walk_schedule(schedule, memory=predicted_memory(schedule)))
+    assert max(trace.peaks) == max(step.peak_bytes for step in steps)
+    assert sum(trace.widths) == pytest.approx(sum(step.evaluated_steps for step in steps))
 
 
-def test_envelope_bins_exactly():
-    values = [float((7 * i) % 13) for i in range(1001)]
-    for points in (1, 3, 50, 2000):
-        envelope = cli._Envelope(points)
-        for v in values:
-            envelope.add(v)
-        w = envelope.width
-        bins = [values[i : i + w] for i in range(0, len(values), w)]
-        assert envelope.highs == [max(b) for b in bins]
-        assert envelope.lows == [min(b) for b in bins]
-        assert len(bins) <= 2 * points
+def test_plot_segments_are_the_actions_that_compute():
+    """Unbinned, one segment per Advance and ForwardBackward, as wide as the steps it evaluates
+    (Free actions compute nothing and take no width)."""
+    schedule = predicted_schedule(strategy="binomial", seq_len=40, block_length=3, checkpoints=3)
+    trace = cli._trace(schedule, 1000)
+    steps = [s for s in walk_schedule(schedule, memory=predicted_memory(schedule)) if s.evaluated_steps]
+    assert not trace.binned and len(trace.starts) == len(steps)
+    assert trace.widths == [s.evaluated_steps for s in steps]
+    assert trace.backward == [type(s.action).__name__ == "ForwardBackward" for s in steps]
+    assert trace.starts[0] == 0 and all(a + w == b for a, w, b in zip(trace.starts, trace.widths, trace.starts[1:]))
 
 
 def test_plot_without_matplotlib(capsys, files, tmp_path, monkeypatch):
@@ -287,10 +324,10 @@ def test_rnn_with_a_stand_in_planner(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     assert isinstance(seen["cell"], torch.nn.GRU)
     assert (seen["cell"].input_size, seen["cell"].hidden_size, seen["cell"].num_layers) == (3, 5, 2)
-    assert seen["budget"] == "64MB" and seen["kwargs"] == {}
+    assert seen["budget"] == vp.parse_budget("64MB") and seen["kwargs"] == {}
     assert "Schedule: blocks, T=200, K=20, 10 blocks, batch 2" in out
     assert out.rstrip().endswith(f"wrote {target}")
-    doc = export.load_document(target.read_text())
+    doc = load_document(target.read_text())
     assert doc.plan == vp.fixed_plan(block_length=20)
     assert doc.schedule == vp.fixed_plan(block_length=20).schedule(200, 2)
     code, out, err = run(capsys, "show", str(target))
@@ -346,7 +383,7 @@ def test_rnn_end_to_end(capsys, tmp_path):
         pytest.skip("the torch backend cannot profile cells yet")
     assert code == 0, err
     assert "T=300" in out
-    doc = export.load_document(target.read_text())
+    doc = load_document(target.read_text())
     assert doc.plan is not None and doc.schedule is not None
     assert doc.schedule.seq_len == 300 and doc.schedule.batch_size == 2
     assert vp.Plan.from_json(target.read_text()) == doc.plan
@@ -385,3 +422,59 @@ def test_show_and_dot_run_with_torch_absent(files):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "False"
+
+
+def test_gpu_check_says_there_is_no_gpu_and_runs_its_checks_at_tiny_sizes():
+    """benchmarks/gpu_check.py exits 0 without CUDA; --smoke runs every check on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    if not __import__("torch").cuda.is_available():
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "no CUDA device" in done.stdout
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--device", "cpu"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout
+    for check in ("budget 100MB", "speed: ours / plain BPTT", "overlap: same gradients", "cuDNN dropout: exact",
+                  "inputs on the host: same gradients"):
+        assert check in table
+    assert "| NO |" not in table
+
+
+def test_newcomer_rough_edges(tmp_path, capsys):
+    """A negative or zero budget and a plain byte count reach the budget's own reader; show
+    --seq-len on a budget plan asks for --batch-size by its flag and prints only the new schedule;
+    dot refuses a huge graph and says how to force it."""
+    from vlrnn_planner.cli import main
+
+    assert main(["rnn", "--input-size", "4", "--hidden-size", "8", "--batch-size", "2", "--seq-len", "50",
+                 "--budget", "-5MB"]) == 2
+    assert "a budget must be positive" in capsys.readouterr().err
+    assert main(["rnn", "--input-size", "4", "--hidden-size", "8", "--batch-size", "2", "--seq-len", "50",
+                 "--budget", "0"]) == 2
+    assert "at least 1 byte" in capsys.readouterr().err
+    plan = vp.planner.plan_for_profile(LSTM_PROFILE, 60_000_000)
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json(schedule=plan.schedule(2000, 8)))
+    assert main(["show", str(path), "--seq-len", "3000"]) == 1
+    assert "--batch-size B" in capsys.readouterr().err
+    assert main(["show", str(path), "--seq-len", "3000", "--batch-size", "8", "--actions", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "T=3000" in out and "T=2000" not in out
+    assert main(["dot", str(path), "--max-actions", "3"]) == 1
+    assert "pass --max-actions" in capsys.readouterr().err
+
+
+def test_show_into_a_closed_pipe_stops_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    plan = vp.planner.plan_for_profile(LSTM_PROFILE, 60_000_000)
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json(schedule=plan.schedule(200_000, 8)))
+    done = subprocess.run(f"{sys.executable} -m vlrnn_planner.cli show {path} --actions 5000 | head -1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("Plan:") and "Error" not in done.stderr, done.stderr

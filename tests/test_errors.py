@@ -198,39 +198,29 @@ def test_a_packed_sequence_as_state():
     _refused(vp.InvalidTypeError, "holds a PackedSequence", nn.GRU(F, H), torch.randn(T, B, F), state=packed)
 
 
-class Trimming(nn.Module):
-    """Returns a state of one row fewer than it was given."""
-
+class _TimeMajorRNN(nn.Module):
     time_dim = 0
 
     def __init__(self):
         super().__init__()
         self.rnn = nn.RNN(F, H)
+
+
+class Trimming(_TimeMajorRNN):
+    """Returns a state of one row fewer than it was given."""
 
     def forward(self, x, h):
         out, h = self.rnn(x, h)
         return out, h[:, :-1]
 
 
-class PackedOut(nn.Module):
-    time_dim = 0
-
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.RNN(F, H)
-
+class PackedOut(_TimeMajorRNN):
     def forward(self, x, h):
         out, h = self.rnn(x, h)
         return pack_padded_sequence(out, [x.size(0)] * x.size(1)), h
 
 
-class NoOutputs(nn.Module):
-    time_dim = 0
-
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.RNN(F, H)
-
+class NoOutputs(_TimeMajorRNN):
     def forward(self, x, h):
         return None, self.rnn(x, h)[1]
 

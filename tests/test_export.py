@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import networkx as nx
 import pytest
 
 import vlrnn_planner as vp
-from vlrnn_planner import export, strategies
-from vlrnn_planner.actions import Advance, ForwardBackward, Free
-from vlrnn_planner.errors import InvalidInputError, ScheduleError
+from vlrnn_planner import strategies
+from vlrnn_planner.plan import Document, load_document
+from vlrnn_planner.actions import Advance
+from vlrnn_planner.errors import InvalidInputError
+
+
+PARTS = (
+    ("parameters", 1000),
+    ("gradients", 1000),
+    ("inputs", 500),
+    ("targets", 0),
+    ("input gradients", 0),
+    ("stored states", 99 * 200),
+    ("working state and its gradient", 2 * 200),
+    ("block in flight", 300_000),
+)
+
+
+def full_prediction(**overrides) -> vp.Prediction:
+    """A prediction with every field away from its default."""
+    fields = dict(
+        peak_bytes=2500 + 101 * 200 + 300_000,
+        seconds=1.25,
+        memory_parts=PARTS,
+        state_bytes=200.0,
+        block_bytes=300_000,
+        fixed_bytes=2500,
+        baseline_seconds=0.5,
+        device="cuda:0",
+        budget_bytes=8 * 10**9,
+    )
+    fields.update(overrides)
+    return vp.Prediction(**fields)
 
 
 def full_schedule(**overrides) -> vp.Schedule:
@@ -24,24 +53,10 @@ def full_schedule(**overrides) -> vp.Schedule:
         checkpoints=7,
         levels=(10, 3),
         batch_size=64,
-        predicted_peak_bytes=2500 + 101 * 200 + 300_000,
-        predicted_seconds=1.25,
-        baseline_seconds=0.5,
-        memory_parts=(
-            ("parameters", 1000),
-            ("gradients", 1000),
-            ("inputs", 500),
-            ("targets", 0),
-            ("stored states", 99 * 200),
-            ("working state and its gradient", 2 * 200),
-            ("block in flight", 300_000),
-        ),
-        device="cuda:0",
-        budget_bytes=8 * 10**9,
+        prediction=full_prediction(),
     )
     fields.update(overrides)
-    known = {f.name for f in dataclasses.fields(vp.Schedule)}
-    return vp.Schedule(**{k: v for k, v in fields.items() if k in known})
+    return vp.Schedule(**fields)
 
 
 def schedules() -> list[vp.Schedule]:
@@ -122,40 +137,7 @@ def test_plan_cache_is_not_exported():
     assert vp.Plan.from_json(plan.to_json())._cache == {}
 
 
-@dataclasses.dataclass(frozen=True)
-class CellProfile:
-    """Stands in for vlrnn_planner.profile.CellProfile: a frozen record of primitives."""
-
-    device: str
-    state_bytes_per_sample: int
-    step_seconds: float
-    shapes: tuple[tuple[int, ...], ...] = ()
-    note: str | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CellProfile:
-        return cls(**data)
-
-
-def test_plan_round_trip_with_profile_record(monkeypatch):
-    monkeypatch.setitem(export._OBJECT_TYPES, "CellProfile", (__name__, "CellProfile"))
-    profile = CellProfile("cuda:0", 8192, 1.5e-4, shapes=((2, 64, 1024), (2, 64, 1024)))
-    plan = vp.Plan(budget_bytes=8 * 10**9, profile=profile)
-    text = plan.to_json()
-    assert json.loads(text)["plan"]["profile"]["__type__"] == "CellProfile"
-    back = vp.Plan.from_json(text)
-    assert back == plan
-    assert back.profile.shapes == ((2, 64, 1024), (2, 64, 1024))
-
-
 def test_plan_round_trip_with_cell_profile():
-    try:
-        from vlrnn_planner.profile import CellProfile as RealProfile
-    except ImportError:
-        pytest.skip("vlrnn_planner.profile is not there yet")
     wanted = dict(
         device="cuda:0",
         device_name="NVIDIA H200",
@@ -168,26 +150,29 @@ def test_plan_round_trip_with_cell_profile():
         loss_included=True,
         notes=("measured with NVML", "context included"),
     )
-    known = {f.name for f in dataclasses.fields(RealProfile)}
-    profile = RealProfile(**{k: v for k, v in wanted.items() if k in known})
-    plan = vp.Plan(budget_bytes=8 * 10**9, profile=profile)
+    profile = vp.CellProfile(**wanted)
+    plan = vp.Plan(budget_bytes=8 * 10**9, profile=profile, time_dim=1, block_multiple=4)
     text = plan.to_json()
     back = vp.Plan.from_json(text)
-    assert back == plan
-    assert type(back.profile) is RealProfile
+    assert back == plan and (back.time_dim, back.block_multiple) == (1, 4)
+    assert type(back.profile) is vp.CellProfile
     assert isinstance(back.profile.notes, tuple)
-    assert json.loads(text)["plan"]["profile"]["__type__"] == "CellProfile"
+    assert json.loads(text)["plan"]["profile"] == {**profile.to_dict(), "notes": list(profile.notes)}
+    # Files written when the profile was tagged with its type still load.
+    doc = json.loads(text)
+    doc["plan"]["profile"]["__type__"] = "CellProfile"
+    assert vp.Plan.from_json(json.dumps(doc)) == plan
 
 
 def test_plan_file_with_schedule_primes_cache():
     plan = vp.fixed_plan(block_length=10)
     schedule = full_schedule(strategy="blocks", seq_len=95, block_length=10, batch_size=4)
     text = plan.to_json(schedule=schedule, indent=2)
-    doc = export.load_document(text)
+    doc = load_document(text)
     assert doc.plan == plan and doc.schedule == schedule
     assert doc.plan.schedule(seq_len=95, batch_size=4) is doc.schedule
     assert vp.Plan.from_json(text) == plan
-    assert export.load_document(schedule.to_json()) == export.Document(schedule=schedule)
+    assert load_document(schedule.to_json()) == Document(schedule=schedule)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +266,9 @@ def test_graph_memory_from_predictions():
         ("working state and its gradient", 2 * 10),
         ("block in flight", 100),
     )
-    s = vp.Schedule("blocks", seq_len=40, block_length=10, predicted_peak_bytes=1150, memory_parts=parts)
+    prediction = vp.Prediction(peak_bytes=1150, seconds=1.0, memory_parts=parts, state_bytes=10,
+                               block_bytes=100, fixed_bytes=1000)
+    s = vp.Schedule("blocks", seq_len=40, block_length=10, prediction=prediction)
     g = s.graph()
     peaks = [g.nodes[i]["peak_bytes"] for i in g.nodes]
     after = [g.nodes[i]["memory_bytes"] for i in g.nodes]
@@ -291,8 +278,9 @@ def test_graph_memory_from_predictions():
     assert after[-1] == 1000  # only the parameters are left
     assert all(p >= a for p, a in zip(peaks, after))
     assert "peak 1.15 KB" in s.to_dot()
+    assert g.graph["prediction_peak_bytes"] == 1150 and g.graph["prediction_memory_parts"] == parts
     # without a prediction there is no memory, only the stored states
-    plain = dataclasses.replace(s, predicted_peak_bytes=None)
+    plain = dataclasses.replace(s, prediction=None)
     assert "memory_bytes" not in plain.graph().nodes[0]
 
 
@@ -302,16 +290,6 @@ def test_graph_isomorphic_after_round_trip(schedule):
     h = vp.Schedule.from_json(schedule.to_json()).graph()
     assert nx.is_isomorphic(g, h, node_match=dict.__eq__, edge_match=dict.__eq__)
     assert g.graph == h.graph
-
-
-def test_walk_rejects_reading_a_missing_state():
-    bogus = SimpleNamespace(actions=[Advance(0, 2, save=()), ForwardBackward(2), ForwardBackward(1)])
-    with pytest.raises(ScheduleError, match="boundary 1, which is neither stored nor the working state"):
-        list(export.walk(bogus))
-    with pytest.raises(ScheduleError, match="frees boundary 4"):
-        list(export.walk(SimpleNamespace(actions=[Free(4)])))
-    with pytest.raises(TypeError, match="unknown action"):
-        list(export.walk(SimpleNamespace(actions=["jump"])))
 
 
 # -- DOT -------------------------------------------------------------------------------------
@@ -342,3 +320,80 @@ def test_schedule_round_trip_with_splits():
     assert back == s and isinstance(back.splits, tuple)
     assert list(back.actions) == list(s.actions)
     assert nx.is_isomorphic(back.graph(), s.graph())
+
+
+# -- every field checked on load ---------------------------------------------------------------
+
+
+def _with(text: str, path: tuple, value) -> str:
+    doc = json.loads(text)
+    where = doc
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    "path, value, fragment",
+    [
+        (("schedule", "prediction", "peak_bytes"), "x", "schedule.prediction.peak_bytes must be an int >= 0, got 'x'"),
+        (("schedule", "prediction", "seconds"), -1.0, "schedule.prediction.seconds must be a finite number >= 0"),
+        (("schedule", "prediction", "budget_bytes"), "8GB", "schedule.prediction.budget_bytes must be an int >= 1"),
+        (("schedule", "prediction", "memory_parts"), [["inputs", 1.5]], "schedule.prediction.memory_parts[0][1]"),
+        (("schedule", "prediction", "memory_parts"), [["inputs", 1]], "add up to 1 bytes, not the peak"),
+        (("schedule", "prediction", "colour"), 1, "schedule.prediction has fields this version does not know: colour"),
+        (("schedule", "batch_size"), -1, "schedule.batch_size must be an int >= 1, got -1"),
+        (("schedule", "seq_len"), "1003", "schedule.seq_len must be an int >= 1, got '1003'"),
+        (("schedule", "checkpoints"), 0, "schedule.checkpoints must be an int >= 1, got 0"),
+        (("schedule", "strategy"), 3, "schedule.strategy must be a string"),
+        (("schedule", "boundaries"), [0, "5", 1003], "schedule.boundaries[1] must be an int"),
+        (("schedule", "prediction"), [], "schedule.prediction must be a JSON object"),
+        (("schedule", "predicted_peak_bytes"), 5, "keeps in schedule.prediction"),
+    ],
+)
+def test_schedule_fields_checked_on_load(path, value, fragment):
+    with pytest.raises(InvalidInputError, match="^vlrnn_planner: ") as info:
+        vp.Schedule.from_json(_with(full_schedule().to_json(), path, value))
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "path, value, fragment",
+    [
+        (("plan", "budget_bytes"), "8GB", "plan.budget_bytes must be an int >= 1, got '8GB'"),
+        (("plan", "budget_bytes"), 0, "plan.budget_bytes must be an int >= 1, got 0"),
+        (("plan", "block_length"), 2.5, "plan.block_length must be an int >= 1, got 2.5"),
+        (("plan", "block_multiple"), 0, "plan.block_multiple must be an int >= 1"),
+        (("plan", "time_dim"), "0", "plan.time_dim must be an int, got '0'"),
+        (("plan", "inputs_on_host"), "yes", "plan.inputs_on_host must be true or false"),
+        (("plan", "strategy"), "fast", "plan.strategy must be one of store_all, blocks, multilevel, binomial"),
+        (("plan", "profile", "state_bytes_per_sample"), "x", "plan.profile.state_bytes_per_sample must be a finite number >= 0"),
+        (("plan", "profile", "parameter_bytes"), -4, "plan.profile.parameter_bytes must be an int >= 0"),
+        (("plan", "profile", "notes"), "one note", "plan.profile.notes must be a list of strings"),
+        (("plan", "profile", "device_free_bytes"), 1.5, "plan.profile.device_free_bytes must be an int"),
+        (("schedule", "batch_size"), 0, "schedule.batch_size must be an int >= 1"),
+    ],
+)
+def test_plan_fields_checked_on_load(path, value, fragment):
+    plan = vp.Plan(budget_bytes=10**9, profile=vp.CellProfile(notes=("a",)))
+    text = plan.to_json(schedule=full_schedule())
+    with pytest.raises(InvalidInputError, match="^vlrnn_planner: ") as info:
+        vp.Plan.from_json(_with(text, path, value))
+    assert fragment in str(info.value)
+
+
+def test_a_block_length_off_its_multiple_is_rejected_on_load():
+    text = _with(vp.fixed_plan(block_length=48, block_multiple=8).to_json(), ("plan", "block_length"), 50)
+    with pytest.raises(InvalidInputError, match="block_length=50 is not a multiple of block_multiple=8.*use 48 or 56"):
+        vp.Plan.from_json(text)
+
+
+def test_records_are_plain_dicts_that_round_trip():
+    s = full_schedule(boundaries=(0, 500, 1003), strategy="blocks", levels=())
+    data = s.to_dict()
+    assert json.loads(json.dumps(data)) == data  # primitives and lists only
+    assert vp.Schedule.from_dict(data) == s
+    assert vp.Prediction.from_dict(s.prediction.to_dict()) == s.prediction
+    plan = vp.Plan(budget_bytes=10**9, profile=vp.CellProfile(), time_dim=2, block_multiple=3)
+    assert vp.Plan.from_dict(plan.to_dict()) == plan

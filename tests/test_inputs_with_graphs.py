@@ -362,3 +362,32 @@ def test_token_ids_one_sequence():
     result = vp.backward(vp.fixed_plan(10), model, ids, targets=labels, loss_fn=loss_fn)
     assert_grads_close(params, expected)
     assert result.schedule.batch_size == 1
+
+
+def test_the_time_axis_given_to_auto_plan_is_kept_and_used():
+    model = TokenLM()
+    ids, labels = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    plan = vp.auto_plan(model, budget="200MB", example_input=ids[:, :8], loss_fn=_lm_loss,
+                        example_target=labels[:, :8], time_dim=1)
+    assert plan.time_dim == 1 and vp.Plan.from_json(plan.to_json()).time_dim == 1
+    params = list(model.parameters())
+    logits, _ = model(ids, None)
+    _lm_loss(logits, labels).backward()
+    expected = grads_of(params)
+    _reset(params)
+    result = vp.backward(plan, model, ids, targets=labels, loss_fn=_lm_loss)
+    assert_grads_close(params, expected)
+    assert result.schedule.batch_size == B
+    with pytest.raises(vp.TimeAxisError, match="contradicts the plan's time_dim=1"):
+        vp.backward(plan, model, ids, targets=labels, loss_fn=_lm_loss, time_dim=0)
+
+
+def test_the_input_gradient_buffer_is_planned():
+    emb, lstm = nn.Embedding(V, F), nn.LSTM(F, H)
+    plan = vp.auto_plan(lstm, budget="200MB")
+    tokens = torch.randint(0, V, (T, B))
+    with_graph = vp.backward(plan, lstm, emb(tokens), loss_fn=lambda o, t: o.sum()).schedule
+    plain = vp.backward(plan, lstm, emb(tokens).detach(), loss_fn=lambda o, t: o.sum()).schedule
+    parts = dict(with_graph.memory_parts)
+    assert parts["input gradients"] == dict(plain.memory_parts)["inputs"] > 0
+    assert dict(plain.memory_parts).get("input gradients", 0) == 0

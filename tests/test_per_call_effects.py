@@ -269,3 +269,23 @@ def test_the_probe_runs_once_per_cut():
     calls.clear()
     vp.backward(vp.fixed_plan(8), SequenceModule(cell, time_dim=0), x, loss_fn=lambda o, t: o.sum())
     assert len(calls) == first  # another module (the wrapper) is probed afresh
+
+
+def test_auto_plan_keeps_a_block_multiple():
+    cell = CompressiveMemory()
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    state = (torch.zeros(B, H), torch.zeros(B, H))
+    params, expected, loss = _grads_and_loss(cell, x, y, state, T)
+    roomy = vp.auto_plan(cell, budget="10GB", example_input=x[:16], state=state, loss_fn=sq_loss,
+                         example_target=y[:16], block_multiple=8)
+    assert roomy.block_multiple == 8
+    whole = roomy.schedule(seq_len=T, batch_size=B)
+    assert whole.strategy == "store_all"
+    # A budget just below plain BPTT's predicted peak: blocks, each a multiple of 8 steps.
+    plan = vp.planner.plan_for_profile(roomy.profile, whole.predicted_peak_bytes - 1, block_multiple=8)
+    sched = plan.schedule(seq_len=T, batch_size=B)
+    assert sched.num_blocks > 1
+    assert all(sched.block_steps(b)[0] % 8 == 0 for b in range(sched.num_blocks))
+    result = vp.backward(plan, cell, x, targets=y, loss_fn=sq_loss, state=state)
+    assert math.isclose(result.loss, loss, rel_tol=1e-12)
+    assert_grads_close(params, expected)

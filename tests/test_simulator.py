@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
+import itertools
+import math
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
+import vlrnn_planner as vp
 import vlrnn_planner.simulate
 import vlrnn_planner.strategies
 from vlrnn_planner import Schedule
 from vlrnn_planner.actions import Advance, ForwardBackward, Free
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError, PlannerError, ScheduleError
-from vlrnn_planner.simulate import MemoryPoint, Simulation, memory_trace, simulate, simulate_schedule
-from vlrnn_planner.strategies import binomial, blocks, max_stored_states, multilevel
+from vlrnn_planner.simulate import (
+    MemoryModel,
+    MemoryPoint,
+    Simulation,
+    memory_trace,
+    predicted_memory,
+    schedule_statistics,
+    simulate,
+    simulate_schedule,
+    walk,
+    walk_schedule,
+)
+from vlrnn_planner.strategies import binomial, blocks, forward_evaluations, max_stored_states, multilevel
 
 A, B, F = Advance, ForwardBackward, Free
 
@@ -179,6 +195,136 @@ def test_simulate_schedule():
 
 
 # ---------------------------------------------------------------------------------------------
+# the walk: what each action reads and stores, and who produced it
+
+
+def test_walk_reads_stores_and_producers():
+    # binomial(4, 2): A0-3[2] B3 B2 F2 A0-1[] B1 B0 F0, blocks of 5 steps, the last of 2
+    steps = list(walk(binomial(4, 2), 4, boundary_step=lambda b: min(5 * b, 17)))
+    assert [s.reads for s in steps] == [0, 3, 2, None, 0, 1, 0, None]
+    assert [s.producer for s in steps] == [None, 0, 0, None, None, 4, None, None]
+    assert [tuple(s.stores) for s in steps] == [(2,), (), (), (), (), (), (), ()]
+    assert [s.stored_states for s in steps] == [2, 2, 2, 1, 1, 1, 1, 0]
+    assert [s.forward_evaluations for s in steps] == [3, 1, 1, 0, 1, 1, 1, 0]
+    assert [s.evaluated_steps for s in steps] == [15, 2, 5, 0, 5, 5, 5, 0]
+    assert [s.index for s in steps] == list(range(8))
+
+
+def test_walk_rejects_reading_a_missing_state():
+    with pytest.raises(ScheduleError, match="boundary 1, which is neither stored nor the working state"):
+        list(walk([A(0, 2), B(2), B(1)], 3))
+    with pytest.raises(ScheduleError, match="frees boundary 2, which is not stored"):
+        list(walk([F(2)], 3))
+    with pytest.raises(InvalidTypeError, match="'jump' of type str"):
+        list(walk(["jump"], 3))
+
+
+def test_walk_without_checks_only_counts():
+    # Neither checks nor memory: the stored states are counted, not listed, so the first action
+    # of a 10^9-block schedule costs nothing.
+    tracemalloc.start()
+    try:
+        head = list(itertools.islice(walk(blocks(10**9), 10**9, check=False), 3))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    assert [s.stored_states for s in head] == [10**9 - 1] * 3
+    assert head[1].producer == 0  # the working state
+    assert head[2].producer is None  # stored states are not followed without checks or memory
+    # Unchecked, a broken schedule is walked as it comes, and the planner's memory still counts.
+    steps = list(walk([A(0, 2), B(2), B(1)], 3, check=False, memory=MemoryModel(state_bytes=1)))
+    assert len(steps) == 3
+
+
+def test_walk_uniform_sizes_match_per_boundary_sizes():
+    # One number for every state is counted in closed form within advances: the same bytes as
+    # the block-by-block count of a function giving that number.
+    for actions, n in ((blocks(9), 9), (binomial(30, 3), 30), (multilevel(40, (7, 3)), 40)):
+        actions = list(actions)
+        uniform = list(walk(actions, n, memory=MemoryModel(state_bytes=7, block_bytes=lambda b: 100 + b, base_bytes=3)))
+        each = list(walk(actions, n, memory=MemoryModel(state_bytes=lambda b: 7, block_bytes=lambda b: 100 + b, base_bytes=3)))
+        assert [(s.peak_bytes, s.bytes_after) for s in uniform] == [(s.peak_bytes, s.bytes_after) for s in each]
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics: closed forms against the walk
+
+
+def walked(schedule):
+    memory = predicted_memory(schedule)
+    steps = list(walk_schedule(schedule, memory=memory))
+    peak = max(s.peak_bytes for s in steps) if memory is not None else None
+    return (
+        len(steps),
+        sum(s.forward_evaluations for s in steps),
+        sum(s.evaluated_steps for s in steps),
+        sum(type(s.action) is ForwardBackward for s in steps),
+        max(s.stored_states for s in steps),
+        None if peak is None else math.ceil(peak),
+    )
+
+
+def grid():
+    for seq_len in (1, 7, 40, 97):
+        for k in (1, 3, 10, 40):
+            n = -(-seq_len // k)
+            yield Schedule("blocks", seq_len=seq_len, block_length=k)
+            for c in range(1, n + 1):
+                yield Schedule("binomial", seq_len=seq_len, block_length=k, checkpoints=c)
+            for levels in ((2,), (5, 2), (3, 3, 1)):
+                yield Schedule("multilevel", seq_len=seq_len, block_length=k, levels=levels)
+    yield Schedule("store_all", seq_len=12, block_length=12)
+
+
+PREDICTION = vp.Prediction(peak_bytes=1, seconds=0.0, state_bytes=7, block_bytes=300, fixed_bytes=1000)
+
+
+@pytest.mark.parametrize("predicted", [False, True])
+def test_statistics_closed_forms_match_the_walk(predicted):
+    for schedule in grid():
+        if predicted:
+            schedule = dataclasses.replace(schedule, prediction=PREDICTION)
+        stats = schedule_statistics(schedule)
+        got = (stats.actions, stats.forward_evaluations, stats.evaluated_steps, stats.backward_blocks,
+               stats.most_stored_states, stats.simulated_peak_bytes)
+        assert got == walked(schedule), schedule
+        assert stats.actions == 2 * schedule.num_blocks  # NOTE [ Two actions per block ]
+
+
+def test_statistics_walk_unequal_blocks_and_splits():
+    s = Schedule("binomial", seq_len=50, block_length=1, checkpoints=2, boundaries=(0, 3, 9, 20, 30, 41, 50))
+    stats = schedule_statistics(s)
+    assert stats.evaluated_steps == walked(s)[2] and stats.actions == 12
+    # block b is evaluated as often as binomial(6, 2) evaluates it; every step of a block counts
+    counts = [0] * 6
+    for action in binomial(6, 2):
+        for b in range(action.start, action.stop) if type(action) is A else [getattr(action, "block", None)]:
+            if b is not None:
+                counts[b] += 1
+    lengths = [3, 6, 11, 10, 11, 9]
+    assert stats.evaluated_steps == sum(c * n for c, n in zip(counts, lengths))
+    split = Schedule("binomial", seq_len=8, block_length=2, checkpoints=2, splits=(1, 3, 2))
+    assert schedule_statistics(split).forward_evaluations == walked(split)[1] == 3 + 1 + 4
+
+
+def test_statistics_of_huge_schedules_in_closed_form():
+    tracemalloc.start()
+    try:
+        blocks_stats = schedule_statistics(Schedule("blocks", seq_len=10**9, block_length=1))
+        binomial_stats = schedule_statistics(Schedule("binomial", seq_len=10**15, block_length=1, checkpoints=3))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    assert (blocks_stats.actions, blocks_stats.forward_evaluations, blocks_stats.most_stored_states) == (
+        2 * 10**9, 2 * 10**9 - 1, 10**9 - 1)
+    assert blocks_stats.evaluated_steps == 2 * 10**9 - 1
+    assert binomial_stats.forward_evaluations == forward_evaluations("binomial", 10**15, checkpoints=3)
+    assert binomial_stats.most_stored_states == 3 and binomial_stats.actions == 2 * 10**15
+
+
+# ---------------------------------------------------------------------------------------------
 # doctests (also run by `pytest --doctest-modules` on the core) and the framework-free core
 
 
@@ -194,3 +340,9 @@ def test_core_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_invalid_schedule_with_sizes_is_a_schedule_error():
+    # A local name once shadowed the helper that lists the stored states: TypeError instead.
+    with pytest.raises(ScheduleError, match=r"action #2 ForwardBackward\(1\): reads the state at boundary 1"):
+        simulate([A(0, 2), B(2), B(1)], 3, state_bytes=10, block_bytes=100)

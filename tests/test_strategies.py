@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from vlrnn_planner import Schedule
-from vlrnn_planner.actions import Advance, ForwardBackward, Free
+from vlrnn_planner.actions import LONG_SAVE, Advance, BoundaryRuns, ForwardBackward, Free, join_saves
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
 from vlrnn_planner.simulate import simulate
 from vlrnn_planner.strategies import (
@@ -228,6 +228,35 @@ def test_binomial_is_lazy():
         assert isinstance(head[0], Advance) and head[0].start == 0 and len(head[0].save) < c
         assert head[1] == ForwardBackward(10**7 - 1)
     assert forward_evaluations("binomial", 10**9, checkpoints=50) > 10**9
+
+
+def test_long_saves_are_runs_not_tuples():
+    # The blocks pattern over 10^9 blocks stores 10^9 - 2 states in its first action: held as
+    # runs, it costs no memory until walked.
+    for actions in (blocks(10**9), multilevel(10**9, (10, 3)), binomial(10**9, 10**9)):
+        tracemalloc.start()
+        try:
+            head = list(itertools.islice(actions, 3))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 2**20, peak
+        assert isinstance(head[0].save, BoundaryRuns) and len(head[0].save) > LONG_SAVE
+    save = next(blocks(10**9)).save
+    assert len(save) == 10**9 - 2 and save[0] == 1 and save[-1] == 10**9 - 2 and 5 in save
+    # Runs compare and hash as the tuple of their boundaries, whatever they are made of.
+    n = LONG_SAVE + 10
+    run = next(blocks(n))
+    assert isinstance(run.save, BoundaryRuns)
+    assert run == Advance(0, n - 1, tuple(range(1, n - 1))) and hash(run) == hash(Advance(0, n - 1, tuple(range(1, n - 1))))
+    assert run.save[2:5] == (3, 4, 5) and run.save != (1, 2)
+    assert BoundaryRuns([range(1, 3), (3,)]) == BoundaryRuns([(1,), range(2, 4)])
+    # Short saves stay tuples, so small schedules read as before.
+    assert next(blocks(5)).save == (1, 2, 3) and type(next(blocks(5)).save) is tuple
+    assert join_saves((1, 2), range(3, 5)) == (1, 2, 3, 4)
+    # Walked, a long run is the same schedule as its tuple.
+    sim = simulate(multilevel(3 * LONG_SAVE, (2,)), 3 * LONG_SAVE)
+    assert sim.forward_evaluations == forward_evaluations("multilevel", 3 * LONG_SAVE, levels=(2,))
 
 
 def test_binomial_stack_stays_small():

@@ -11,7 +11,8 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import assert_grads_close, grads_of, sq_loss
+from conftest import assert_grads_close, grads_of, packed_reference, padded, sq_loss
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -133,10 +134,14 @@ def test_ddp_all_reduces_once_per_call():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_inputs_on_the_host_cell_on_the_gpu():
-    """Blocks are copied to the device as needed; gradients as plain BPTT's on the device."""
+@pytest.mark.parametrize("pinned", [True, False])
+def test_inputs_on_the_host_cell_on_the_gpu(pinned):
+    """Blocks are copied to the device ahead of their use (NOTE [ Inputs on the host ]), from the
+    caller's pinned memory or a pinned copy; gradients as plain BPTT's on the device."""
     cell = nn.LSTM(F, H, 2).cuda()
-    x, y = torch.randn(T, B, F).pin_memory(), torch.randn(T, B, H).pin_memory()
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    if pinned:
+        x, y = x.pin_memory(), y.pin_memory()
     out, _ = cell(x.cuda())
     sq_loss(out, y.cuda()).backward()
     expected = grads_of(list(cell.parameters()))
@@ -156,7 +161,7 @@ def test_progress_is_reported_after_each_block():
     )
     n = result.schedule.num_blocks
     assert seen == [(i, n) for i in range(1, n + 1)]
-    with pytest.raises(vp.InvalidTypeError, match="progress must be callable"):
+    with pytest.raises(vp.InvalidTypeError, match="progress must be True .* or callable"):
         vp.backward(vp.fixed_plan(6), cell, x, targets=y, loss_fn=sq_loss, progress="tqdm")
 
 
@@ -267,3 +272,90 @@ def test_dropout_masks_of_blocks_inside_an_advance_match_their_recomputation(dev
     result = vp.backward(vp.fixed_plan(4), cell, x, targets=y, loss_fn=sq_loss)
     assert math.isclose(result.loss, loss, rel_tol=1e-9)
     assert_grads_close(params, expected, atol=1e-8)
+
+
+def test_progress_true_draws_a_bar_over_blocks(monkeypatch):
+    drawn = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n = total, 0
+            drawn.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    cell = nn.GRU(F, H)
+    result = vp.backward(vp.fixed_plan(6), cell, torch.randn(T, B, F), loss_fn=lambda o, t: o.sum(), progress=True)
+    (bar,) = drawn
+    assert bar.total == bar.n == result.schedule.num_blocks and bar.closed
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_blocks_longer_than_cudnn_takes_run_in_pieces(monkeypatch, packed):
+    """NOTE [ cuDNN sequence length ]: with the limit lowered to 4 steps (and taken to apply on
+    the CPU), a block of 9 and plain BPTT's one block run in pieces, with the same gradients."""
+    import vlrnn_torch.cells as cells
+
+    calls = []
+    monkeypatch.setattr(cells, "_step_limit", lambda x: 4)
+    cell = nn.LSTM(F, H, 2)
+    original = cell.forward
+    monkeypatch.setattr(cell, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    lengths = [T, T - 5, 9]
+    if packed:
+        x = pack_padded_sequence(padded(lengths, F), lengths)
+        y = pack_padded_sequence(padded(lengths, H), lengths)
+        loss, _, expected = packed_reference(cell, x, y, None, list(cell.parameters()))
+    else:
+        x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+        out, _ = original(x)
+        loss = sq_loss(out, y)
+        loss.backward()
+        expected = grads_of(list(cell.parameters()))
+        cell.zero_grad(set_to_none=True)
+        loss = loss.item()
+    calls.clear()
+    result = vp.backward(vp.fixed_plan(9), cell, x, targets=y, loss_fn=sq_loss)
+    assert math.isclose(result.loss, loss, rel_tol=1e-12)
+    assert_grads_close(list(cell.parameters()), expected)
+    assert len(calls) > result.forward_evaluations  # blocks of 9 steps ran as 3 pieces each
+
+
+def test_out_of_memory_retry_plans_from_the_measured_headroom(monkeypatch):
+    """NOTE [ Out of memory ]: the backend says how much more the failed call could have grown
+    by; the new schedule is planned to what was resident plus 9/10 of that."""
+    T2 = 200
+    cell = OOMAbove(limit=120)
+    x, y = torch.randn(T2, B, F), torch.randn(T2, B, H)
+    plan = _oom_plan()
+    backend = vp.find_backend(cell)
+    monkeypatch.setattr(type(backend), "release_memory", lambda self: 60_000)
+    failed = plan.schedule(T2, B)
+    with pytest.warns(RuntimeWarning, match="the device had room for 60000 bytes more"):
+        result = vp.backward(plan, cell, x, targets=y, loss_fn=sq_loss)
+    resident = sum(size for name, size in failed.memory_parts if name in ("parameters", "gradients", "inputs", "targets"))
+    assert result.schedule.predicted_peak_bytes <= resident + 54_000
+    assert result.schedule.budget_bytes == resident + 54_000
+
+
+@pytest.mark.parametrize(
+    ("exc", "oom"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory"), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"), False),
+        (vp.NoGradientError("vlrnn_torch: ... out of memory ..."), False),
+        (ValueError("out of memory"), False),
+    ],
+)
+def test_which_failures_are_out_of_memory(exc, oom):
+    assert vp.find_backend(nn.GRU(F, H)).is_out_of_memory(exc) is oom

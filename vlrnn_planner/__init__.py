@@ -7,6 +7,8 @@ are found through the entry-point group ``vlrnn_planner.backends``.
 
 from __future__ import annotations
 
+import contextlib
+import traceback
 import warnings
 from typing import Any
 
@@ -26,17 +28,21 @@ from .errors import (
     TimeAxisError,
     UnsupportedHookError,
 )
-from .plan import Plan, Schedule, fixed_plan
+from .plan import Plan, fixed_plan
 from .planner import auto_plan
 from .profile import CellProfile
+from .schedule import Prediction, Schedule
 
 __version__ = "0.1.0"
 
 # NOTE [ Out of memory ]
 # A call that runs out of memory leaves every .grad as it was (the executor's failure
-# atomicity), so a budget plan can try again: it plans to 3/4 of the failed schedule's predicted
-# peak (the prediction was too low by at least that much for this process), keeps the new
-# schedule for that shape, and warns. A fixed plan or a Schedule re-raises at once.
+# atomicity), so a budget plan can try again. The failed call's frames are cleared so that its
+# tensors go, the backend gives its cached memory back and says how much more the failed call
+# could have grown by on the device (`release_memory`; measured by the allocator when it failed);
+# the plan replans to what was resident plus 9/10 of that headroom (3/4 of the failed schedule's
+# predicted peak where the device does not say), keeps the new schedule for that shape, and warns.
+# A fixed plan or a Schedule re-raises at once.
 OUT_OF_MEMORY_RETRIES = 2
 
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
     "NondeterministicCellError",
     "Plan",
     "Schedule",
+    "Prediction",
     "fixed_plan",
     "backward",
     "auto_plan",
@@ -84,6 +91,7 @@ def backward(
     scaler: Any = None,
     progress: Any = None,
     verify: bool = True,
+    overlap: bool | None = None,
     backend: Backend | None = None,
 ) -> Result:
     """Run ``cell`` over ``inputs`` in blocks and backpropagate, exactly as plain BPTT would.
@@ -114,18 +122,24 @@ def backward(
     final_loss_fn : callable, optional
         ``final_loss_fn(final_state) -> scalar``: an extra loss on the final state.
     time_dim : int, optional
-        Overrides the cell's time axis.
+        The inputs' time axis, for a cell that does not declare it (see the backend's notes); a
+        plan from ``auto_plan(..., time_dim=...)`` supplies its own.
     scaler : optional
         A gradient scaler for mixed precision (``torch.amp.GradScaler``): each block's loss is
         backpropagated as ``scaler.scale(loss)``; ``result.loss`` stays unscaled. The caller's
         ``autocast`` context applies to both passes alike.
-    progress : callable, optional
-        ``progress(blocks_done, num_blocks)``, called after each block is backpropagated, for
-        long runs.
+    progress : bool or callable, optional
+        ``True`` shows a progress bar over blocks (tqdm) when the call lasts more than a second;
+        a callable is called as ``progress(blocks_done, num_blocks)`` after each block is
+        backpropagated.
     verify : bool, default True
         Check that each block re-run with grad reproduces the state the no-grad pass computed
         after it, and that a sequence module does nothing once per call that cutting the
         sequence would change (see the backend's notes); refuse the call otherwise.
+    overlap : bool, optional
+        Backpropagate each block while the next one re-runs with grad (see the backend's notes):
+        True or False to choose; None (default) as the schedule says (the planner turns it on
+        where the profile measured that it pays).
     backend : Backend, optional
         Overrides backend discovery.
 
@@ -133,6 +147,18 @@ def backward(
     -------
     Result
         ``.loss`` (float, the total), ``.state`` (the final state, detached), ``.schedule``.
+
+    Raises
+    ------
+    InvalidTypeError, InvalidInputError, TimeAxisError
+        Before any work, for arguments the call cannot run (the message says what to change);
+        a ``time_dim`` that contradicts the plan's or the cell's.
+    PerCallEffectError, UnsupportedHookError
+        Before any work, for a cell or hooks whose results block BPTT would change.
+    NoGradientError
+        When no gradient can flow (``torch.no_grad()``, ``inference_mode``, nothing requires grad).
+    NondeterministicCellError
+        When a block re-run with grad does not reproduce the no-grad pass (``verify=True``).
     """
     if not isinstance(plan, (Plan, Schedule)):
         raise InvalidTypeError(
@@ -144,6 +170,14 @@ def backward(
             "vlrnn_planner: nothing to backpropagate; pass loss_fn (a per-block loss) "
             "and/or final_loss_fn (a loss on the final state)"
         )
+    if isinstance(plan, Plan) and plan.time_dim is not None:
+        if time_dim is None:
+            time_dim = plan.time_dim
+        elif time_dim != plan.time_dim:
+            raise TimeAxisError(
+                f"vlrnn_planner: time_dim={time_dim} contradicts the plan's time_dim={plan.time_dim} "
+                "(given to auto_plan); drop time_dim= here, or plan again with the axis you mean"
+            )
     if backend is None:
         backend = find_backend(cell)
     kwargs = dict(targets=targets, loss_fn=loss_fn, state=state, final_loss_fn=final_loss_fn, time_dim=time_dim)
@@ -152,11 +186,13 @@ def backward(
         kwargs["scaler"] = scaler
     if not verify:
         kwargs["verify"] = False
-    if progress is not None:
-        if not callable(progress):
+    if overlap is not None:
+        kwargs["overlap"] = bool(overlap)
+    if progress is not None and progress is not False:
+        if progress is not True and not callable(progress):
             raise InvalidTypeError(
-                f"vlrnn_planner: progress must be callable as progress(blocks_done, num_blocks), "
-                f"got {type(progress).__name__}"
+                f"vlrnn_planner: progress must be True (a progress bar) or callable as "
+                f"progress(blocks_done, num_blocks), got {type(progress).__name__}"
             )
         kwargs["progress"] = progress
     if isinstance(plan, Schedule):
@@ -165,26 +201,68 @@ def backward(
                 f"vlrnn_planner: the schedule is for {plan.seq_len} steps but the inputs have "
                 f"{shape.seq_len}; pass the Plan instead, or a schedule made for this length"
             )
-        schedule = plan
-        return backend.execute(schedule, cell, inputs, **kwargs)
-    schedule = plan.schedule(shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes)
+        with _progress(kwargs):
+            return backend.execute(plan, cell, inputs, **kwargs)
+    schedule = plan.schedule(
+        shape.seq_len, shape.batch_size, batch_sizes=shape.batch_sizes, input_gradients=shape.input_gradients
+    )
     for attempt in range(OUT_OF_MEMORY_RETRIES + 1):
         try:
-            return backend.execute(schedule, cell, inputs, **kwargs)
+            with _progress(kwargs):
+                return backend.execute(schedule, cell, inputs, **kwargs)
         except Exception as exc:  # NOTE [ Out of memory ]
             is_oom = getattr(backend, "is_out_of_memory", None)
             if attempt == OUT_OF_MEMORY_RETRIES or not (callable(is_oom) and is_oom(exc)):
                 raise
-            smaller = plan.replan_smaller(schedule, batch_sizes=shape.batch_sizes)
+            # Let go of the failed call's tensors (its frames hold them) before planning anew.
+            traceback.clear_frames(exc.__traceback__)
+            release = getattr(backend, "release_memory", None)
+            headroom = release() if callable(release) else None
+            smaller = plan.replan_smaller(schedule, batch_sizes=shape.batch_sizes, headroom_bytes=headroom)
             if smaller is None:
                 raise
             warnings.warn(
                 f"vlrnn_planner: out of memory with {schedule.strategy} K={schedule.block_length} "
-                f"(predicted peak {schedule.predicted_peak_bytes} bytes); gradients were restored, "
-                f"retrying with {smaller.strategy} K={smaller.block_length} (predicted peak "
-                f"{smaller.predicted_peak_bytes} bytes), which this plan keeps for this shape",
+                f"(predicted peak {schedule.predicted_peak_bytes} bytes"
+                + ("" if headroom is None else f"; the device had room for {headroom} bytes more")
+                + f"); gradients were restored, retrying with {smaller.strategy} K={smaller.block_length} "
+                f"(predicted peak {smaller.predicted_peak_bytes} bytes), which this plan keeps for this shape",
                 RuntimeWarning,
                 stacklevel=2,
             )
             schedule = smaller
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class _ProgressBar:
+    """``progress(blocks_done, num_blocks)`` drawn as a tqdm bar over blocks, shown only when the
+    call lasts more than a second."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="block", desc="vlrnn_planner.backward", delay=1.0, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _progress(kwargs: dict[str, Any]):
+    """Put a fresh progress bar in ``kwargs`` for one attempt where ``progress=True``, and close it."""
+    if kwargs.get("progress") is not True:
+        yield
+        return
+    bar = _ProgressBar()
+    kwargs["progress"] = bar
+    try:
+        yield
+    finally:
+        bar.close()
+        kwargs["progress"] = True

@@ -1,4 +1,4 @@
-"""Memory budgets: parse byte sizes and shares, and print sizes back.
+"""Memory budgets: parse byte sizes and shares, and print sizes (and durations) back.
 
 A budget is either a number of bytes or a share of the memory that this process can use on the
 device. Accepted forms:
@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["Budget", "parse_budget", "format_bytes", "ACCEPTED_FORMS"]
+__all__ = ["Budget", "parse_budget", "format_bytes", "format_seconds", "ACCEPTED_FORMS"]
 
 ACCEPTED_FORMS = (
     'an int number of bytes (8000000000), a size with a unit ("8GB" = 8e9 bytes, "8GiB" = 8*2**30; '
@@ -82,6 +82,11 @@ class Budget:
         available_bytes : int or None
             What this process can use on the device (free memory plus what the process's
             allocator already holds); needed only for a share.
+
+        Returns
+        -------
+        int
+            Bytes, at least 1.
 
         Raises
         ------
@@ -218,6 +223,10 @@ def format_bytes(n: int | float, *, binary: bool = False) -> str:
     binary : bool, default False
         Powers of 1024 (KiB, MiB, GiB, TiB) instead of powers of 1000 (KB, MB, GB, TB).
 
+    Returns
+    -------
+    str
+
     Examples
     --------
     >>> format_bytes(8_000_000_000)
@@ -258,3 +267,29 @@ def format_bytes(n: int | float, *, binary: bool = False) -> str:
         else:
             text = f"{value:.0f}"
     return f"{sign}{text} {name}"
+
+
+def format_seconds(seconds: float) -> str:
+    """``seconds`` written with three significant digits in s, ms or us, for summaries.
+
+    Parameters
+    ----------
+    seconds : float
+        A duration in seconds, at least 0.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_seconds(250.0), format_seconds(1.5), format_seconds(0.0123), format_seconds(4e-6)
+    ('250 s', '1.5 s', '12.3 ms', '4 us')
+    """
+    if seconds >= 100:
+        return f"{seconds:.0f} s"
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"

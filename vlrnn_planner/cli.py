@@ -21,14 +21,21 @@ Only ``rnn`` imports torch, and only when it runs.
 from __future__ import annotations
 
 import argparse
-import math
+import itertools
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import vlrnn_planner
+
+from .actions import ForwardBackward
 from .budget import format_bytes
+from .cost import Workload, estimate
 from .errors import PlannerError
+from .plan import load_document
+from .simulate import ScheduleStatistics, predicted_memory, schedule_statistics, walk_schedule
 
 __all__ = ["main", "ScheduleStatistics", "schedule_statistics"]
 
@@ -49,84 +56,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScheduleStatistics:
-    """What walking a schedule's actions tells.
-
-    Attributes
-    ----------
-    actions : int
-        Number of actions.
-    forward_evaluations : int
-        Block forward evaluations: blocks advanced without grad plus one per `ForwardBackward`.
-    evaluated_steps : int
-        Time steps evaluated by those block evaluations (a short last block counts its steps).
-    backward_blocks : int
-        Blocks backpropagated (`ForwardBackward` actions).
-    most_stored_states : int
-        Most stored states held at once (the initial state included, the working state not).
-    seq_len : int
-        Time steps of the sequence.
-    simulated_peak_bytes : int or None
-        The peak memory that the reference simulator finds action by action, where the schedule
-        carries a prediction (`vlrnn_planner.export.memory_model`); None otherwise.
-    """
-
-    actions: int
-    forward_evaluations: int
-    evaluated_steps: int
-    backward_blocks: int
-    most_stored_states: int
-    seq_len: int
-    simulated_peak_bytes: int | None = None
-
-    @property
-    def evaluations_per_step(self) -> float:
-        """Forward evaluations per time step: 1 for plain BPTT, about 2 for one level of blocks."""
-        return self.evaluated_steps / self.seq_len
-
-
-def schedule_statistics(schedule) -> ScheduleStatistics:
-    """Walk ``schedule``'s actions once and count.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import fixed_plan
-    >>> stats = schedule_statistics(fixed_plan(block_length=10).schedule(seq_len=35))
-    >>> stats.forward_evaluations, stats.evaluated_steps, stats.most_stored_states
-    (7, 65, 3)
-    """
-    from .actions import Advance, ForwardBackward
-    from .export import _memory_after_actions, walk
-
-    k, t = schedule.block_length, schedule.seq_len
-    actions = evaluations = steps = backward = most = 0
-    memory = _memory_after_actions(schedule)
-    peak = None
-    for step in walk(schedule):
-        if memory is not None:
-            during, _after = next(memory)
-            peak = during if peak is None else max(peak, during)
-        actions += 1
-        action = step.action
-        if isinstance(action, Advance):
-            evaluations += action.stop - action.start
-            steps += min(action.stop * k, t) - action.start * k
-        elif isinstance(action, ForwardBackward):
-            evaluations += 1
-            backward += 1
-            steps += min((action.block + 1) * k, t) - action.block * k
-        most = max(most, step.stored_states)
-    if peak is not None:
-        peak = math.ceil(peak)
-    return ScheduleStatistics(actions, evaluations, steps, backward, most, t, peak)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +83,6 @@ def _write_text(path: str, text: str) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """The (plan, schedule) of ``args.file``; resolves a plan for ``--seq-len`` if need be."""
-    from .export import load_document
-
     text = _read_text(args.file)
     try:
         doc = load_document(text)
@@ -173,7 +100,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
                     "other shapes; drop --seq-len/--batch-size"
                 )
         else:
-            schedule = plan.schedule(args.seq_len, args.batch_size)
+            if plan.budget_bytes is not None and args.batch_size is None:
+                raise CommandError(
+                    f"{args.file} holds a budget plan, which needs the batch size too: pass "
+                    "--batch-size B with --seq-len"
+                )
+            plan, schedule = plan.for_shapes_only(), plan.schedule(args.seq_len, args.batch_size)
     if schedule is None:
         raise CommandError(
             f"{args.file} holds a plan without a schedule; pass --seq-len T (and --batch-size B) "
@@ -198,6 +130,7 @@ def _short(action: Any, most: int = 8) -> str:
 
 
 def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
+    """The plan's and the schedule's summaries, the statistics, and the first ``actions`` actions."""
     summary = str(schedule)
     if plan is not None:
         text = str(plan)
@@ -207,6 +140,12 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
     else:
         print(summary, file=out)
     stats = schedule_statistics(schedule)
+    _print_statistics(stats, schedule, out=out)
+    if actions > 0:
+        _print_actions(schedule, min(actions, stats.actions), stats.actions, out=out)
+
+
+def _print_statistics(stats: ScheduleStatistics, schedule: Any, *, out) -> None:
     print("Statistics:", file=out)
     print(f"  actions: {stats.actions}", file=out)
     print(
@@ -222,16 +161,15 @@ def _print_summary(plan: Any, schedule: Any, *, actions: int, out) -> None:
             f"(cost model: {format_bytes(schedule.predicted_peak_bytes)})",
             file=out,
         )
-    if actions > 0:
-        shown = min(actions, stats.actions)
-        print(f"First {shown} of {stats.actions} actions (stored states after each):", file=out)
-        width = len(str(max(shown - 1, 0)))
-        from .export import walk
 
-        for step in walk(schedule):
-            if step.index >= shown:
-                break
-            print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
+
+def _print_actions(schedule: Any, shown: int, total: int, *, out) -> None:
+    print(f"First {shown} of {total} actions (stored states after each):", file=out)
+    width = len(str(max(shown - 1, 0)))
+    # Unchecked and without memory, the walk only counts the stored states: O(1) an action,
+    # however many states an action stores.
+    for step in itertools.islice(walk_schedule(schedule, check=False), shown):
+        print(f"  {step.index:>{width}}  {_short(step.action)}  [{step.stored_states}]", file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,11 +185,6 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
         import torch
     except ImportError:
         raise CommandError("the rnn subcommand needs torch; install it with pip install torch") from None
-    import vlrnn_planner
-
-    auto_plan = getattr(vlrnn_planner, "auto_plan", None)
-    if auto_plan is None:
-        raise CommandError("this vlrnn-planner has no auto_plan; the rnn subcommand needs it")
     cls = getattr(torch.nn, _MODES[args.mode])
     kwargs: dict[str, Any] = {"num_layers": args.num_layers, "batch_first": args.batch_first}
     if args.mode == "RNN":
@@ -267,7 +200,7 @@ def _cmd_rnn(args: argparse.Namespace) -> int:
         plan_kwargs["device"] = args.device
     if args.inputs_on_host:
         plan_kwargs["inputs_on_host"] = True
-    plan = auto_plan(module, **plan_kwargs)
+    plan = vlrnn_planner.auto_plan(module, **plan_kwargs)  # looked up here, so that tests can stand in for it
     schedule = plan.schedule(args.seq_len, args.batch_size)
     _print_summary(plan, schedule, actions=args.actions, out=sys.stdout)
     if args.output is not None:
@@ -284,6 +217,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_dot(args: argparse.Namespace) -> int:
     _, schedule = _load(args)
+    actions = schedule_statistics(schedule).actions
+    if actions > args.max_actions:
+        raise CommandError(
+            f"the schedule has {actions} actions; a DOT graph of more than {args.max_actions} is too large "
+            f"to read or lay out: pass --max-actions {actions} to write it anyway, or use show or plot"
+        )
     dot = schedule.to_dot() + "\n"
     if args.output is None:
         sys.stdout.write(dot)
@@ -293,56 +232,103 @@ def _cmd_dot(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Envelope:
-    """The min and max of a long series in at most ``2 * points`` bins, built in one pass."""
-
-    def __init__(self, points: int) -> None:
-        self.points = max(points, 1)
-        self.width = 1  # actions per bin
-        self.lows: list[float] = []
-        self.highs: list[float] = []
-        self._count = 0  # values in the last bin
-
-    def add(self, value: float) -> None:
-        if self.lows and self._count < self.width:
-            self.lows[-1] = min(self.lows[-1], value)
-            self.highs[-1] = max(self.highs[-1], value)
-            self._count += 1
-            return
-        if len(self.lows) == 2 * self.points:
-            # all bins are full: merge them in pairs, which leaves `points` full bins twice as wide
-            self.lows = [min(self.lows[i], self.lows[i + 1]) for i in range(0, len(self.lows), 2)]
-            self.highs = [max(self.highs[i], self.highs[i + 1]) for i in range(0, len(self.highs), 2)]
-            self.width *= 2
-        self.lows.append(value)
-        self.highs.append(value)
-        self._count = 1
-
-
 @dataclass
-class _Series:
-    label: str
-    envelope: _Envelope
-    color: str
+class _Trace:
+    """Memory along a schedule's computation: one segment per action that computes, as wide as
+    the time steps it evaluates (an ``Advance`` forward without grad, a ``ForwardBackward`` forward
+    and backward), binned into at most ``points`` segments for long schedules."""
+
+    starts: list[float]
+    widths: list[float]
+    peaks: list[float]  # bytes (or stored states without a prediction) while the segment runs
+    held: list[float]  # after it
+    backward: list[bool]  # the segment runs blocks with grad (else: without)
+    in_bytes: bool
+    binned: bool
 
 
-def _trace(schedule, points: int) -> tuple[list[_Series], bool]:
-    """The memory over the schedule, binned: the predicted bytes at the peak of each action and
-    held after it where the schedule carries a prediction, else the stored states after it."""
-    from .export import _memory_after_actions, walk
+def _trace(schedule: Any, points: int) -> _Trace:
+    memory = predicted_memory(schedule)
+    raw = []
+    for step in walk_schedule(schedule, memory=memory):
+        if step.evaluated_steps:
+            peak = step.peak_bytes if memory is not None else step.stored_states
+            held = step.bytes_after if memory is not None else step.stored_states
+            raw.append((step.evaluated_steps, float(peak), float(held), isinstance(step.action, ForwardBackward)))
+    if len(raw) <= points:
+        starts, x = [], 0.0
+        for w, *_ in raw:
+            starts.append(x)
+            x += w
+        return _Trace(starts, [r[0] for r in raw], [r[1] for r in raw], [r[2] for r in raw], [r[3] for r in raw],
+                      memory is not None, False)
+    # Equal bins of steps: the highest peak and held memory in each, and which kind of block
+    # takes most of its steps.
+    width = sum(r[0] for r in raw) / points
+    peaks, held, fb_steps = [0.0] * points, [0.0] * points, [0.0] * points
+    x = 0.0
+    for w, peak, after, backward in raw:
+        first, last = int(x // width), min(int((x + w) // width - 1e-9), points - 1)
+        for i in range(first, max(first, last) + 1):
+            peaks[i] = max(peaks[i], peak)
+            held[i] = max(held[i], after)
+            overlap = min(x + w, (i + 1) * width) - max(x, i * width)
+            fb_steps[i] += overlap if backward else -overlap
+        x += w
+    return _Trace([i * width for i in range(points)], [width] * points, peaks, held, [f > 0 for f in fb_steps],
+                  memory is not None, True)
 
-    memory = _memory_after_actions(schedule)
-    if memory is not None:
-        peaks = _Series("peak while each action runs", _Envelope(points), "#1f5fa8")
-        held = _Series("held after each action", _Envelope(points), "#7f8c8d")
-        for peak, after in memory:
-            peaks.envelope.add(float(peak))
-            held.envelope.add(float(after))
-        return [peaks, held], True
-    stored = _Series("stored states after each action", _Envelope(points), "#1f5fa8")
-    for step in walk(schedule):
-        stored.envelope.add(float(step.stored_states))
-    return [stored], False
+
+def _plain_bptt_peak(plan: Any, schedule: Any) -> int | None:
+    """Plain BPTT's predicted peak for the schedule's shape, where the plan carries a profile."""
+    profile = getattr(plan, "profile", None)
+    if profile is None or schedule.batch_size is None:
+        return None
+    workload = Workload(seq_len=schedule.seq_len, batch_size=schedule.batch_size)
+    return estimate(profile, workload, strategy="store_all", block_length=schedule.seq_len).peak_bytes
+
+
+def _draw(ax: Any, schedule: Any, trace: _Trace, plain_peak: int | None) -> None:
+    top = max(trace.peaks + [schedule.budget_bytes or 0] if trace.in_bytes else trace.peaks)
+    scale, unit = 1.0, "stored states"
+    if trace.in_bytes:
+        unit = "B"
+        for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
+            if top >= size:
+                scale, unit = size, name
+        unit = f"predicted memory ({unit})"
+    colors = {False: "#7fb3d5", True: "#e59866"}
+    names = {False: "forward without grad (Advance)", True: "forward and backward (ForwardBackward)"}
+    for backward in (False, True):
+        xs = [s for s, b in zip(trace.starts, trace.backward) if b == backward]
+        if xs:
+            ax.bar(xs, [p / scale for p, b in zip(trace.peaks, trace.backward) if b == backward],
+                   width=[w for w, b in zip(trace.widths, trace.backward) if b == backward], align="edge",
+                   color=colors[backward], linewidth=0, label=f"peak during {names[backward]}")
+    ends = [s + w for s, w in zip(trace.starts, trace.widths)]
+    ax.step([0.0] + ends, [trace.held[0] / scale] + [h / scale for h in trace.held], where="pre", color="#2c3e50",
+            linewidth=0.8, label="held after each action" + (" (stored states)" if not trace.in_bytes else ""))
+    if trace.in_bytes and schedule.budget_bytes is not None:
+        ax.axhline(schedule.budget_bytes / scale, color="#c0392b", linestyle="--", linewidth=1.2,
+                   label=f"budget {format_bytes(schedule.budget_bytes)}")
+    elif not trace.in_bytes and schedule.checkpoints is not None:
+        ax.axhline(schedule.checkpoints, color="#c0392b", linestyle="--", linewidth=1.2,
+                   label=f"at most {schedule.checkpoints} stored states")
+    if plain_peak is not None:
+        if plain_peak <= 3 * top:
+            ax.axhline(plain_peak / scale, color="#8e44ad", linestyle=":", linewidth=1.5,
+                       label=f"plain BPTT (every step stored): {format_bytes(plain_peak)}")
+        else:  # far above: named in the legend, not drawn
+            ratio = plain_peak / max(schedule.predicted_peak_bytes or top, 1)
+            ax.plot([], [], color="#8e44ad", linestyle=":", linewidth=1.5,
+                    label=f"plain BPTT (every step stored): {format_bytes(plain_peak)}, {ratio:.0f}x this peak (off the chart)")
+    ax.set_xlabel("time steps computed (forward without grad, then forward and backward per block)"
+                  + (f"; {len(trace.starts)} bins" if trace.binned else ""))
+    ax.set_ylabel(unit)
+    ax.set_xlim(0, max(ends[-1] if ends else 1, 1))
+    ax.set_ylim(bottom=0)
+    ax.set_title(str(schedule).splitlines()[0], fontsize=10)
+    ax.figure.legend(loc="outside lower center", ncols=2, fontsize=7, frameon=False)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -350,40 +336,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         from matplotlib.figure import Figure
     except ImportError:
         raise CommandError(f"plotting needs matplotlib; install it with {PLOT_INSTALL_HINT}") from None
-    _, schedule = _load(args)
-    series, in_bytes = _trace(schedule, args.points)
-    scale, unit = 1.0, "stored states"
-    budget, budget_label = None, ""
-    if in_bytes:
-        top = max(series[0].envelope.highs + [schedule.budget_bytes or 0])
-        for name, size in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12)):
-            if top >= size:
-                scale, unit = size, name
-        unit = f"predicted memory ({unit})"
-        if schedule.budget_bytes is not None:
-            budget, budget_label = schedule.budget_bytes, f"budget {format_bytes(schedule.budget_bytes)}"
-    elif schedule.checkpoints is not None:
-        budget, budget_label = schedule.checkpoints, f"at most {schedule.checkpoints} stored states"
+    plan, schedule = _load(args)
     fig = Figure(figsize=(args.width, args.height), layout="constrained")
-    ax = fig.add_subplot()
-    width = series[0].envelope.width
-    xs = [i * width for i in range(len(series[0].envelope.highs))]
-    for one in series:
-        highs = [v / scale for v in one.envelope.highs]
-        label = one.label if width == 1 else f"{one.label} (most of every {width})"
-        ax.step(xs, highs, where="post", color=one.color, linewidth=1.2, label=label)
-        if width > 1 and not in_bytes:
-            lows = [v / scale for v in one.envelope.lows]
-            ax.fill_between(xs, lows, highs, step="post", color=one.color, alpha=0.25,
-                            label=f"range over {width} actions")
-    if budget is not None:
-        ax.axhline(budget / scale, color="#c0392b", linestyle="--", linewidth=1.2, label=budget_label)
-    ax.set_xlabel("action index")
-    ax.set_ylabel(unit)
-    ax.set_xlim(0, max(xs[-1] + width, 1) if xs else 1)
-    ax.set_ylim(bottom=0)
-    ax.set_title(str(schedule).splitlines()[0], fontsize=10)
-    ax.legend(loc="best", fontsize=8)
+    _draw(fig.add_subplot(), schedule, _trace(schedule, args.points), _plain_bptt_peak(plan, schedule))
     try:
         fig.savefig(args.output, dpi=args.dpi)
     except OSError as e:
@@ -418,6 +373,33 @@ _positive = _int_at_least(1, "a positive int")
 _non_negative = _int_at_least(0, "an int >= 0")
 
 
+def _budget(text: str) -> Any:
+    """An argparse type: a budget as `vlrnn_planner.parse_budget` reads it; digits are bytes."""
+    spec: Any = int(text) if text.strip().isdigit() else text
+    try:
+        return vlrnn_planner.parse_budget(spec)
+    except PlannerError as e:
+        raise argparse.ArgumentTypeError(_strip_prefix(str(e))) from None
+
+
+# Options whose value may start with "-" (a negative budget is refused by its reader, with a
+# message, rather than taken for an option by argparse).
+_VALUE_OPTIONS = ("--budget",)
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    """``--budget -5MB`` as ``--budget=-5MB``, so that argparse hands the value to its reader."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _VALUE_OPTIONS:
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _mode(text: str) -> str:
     mode = text.upper()
     if mode not in _MODES:
@@ -433,7 +415,13 @@ def _add_file_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `vlrnn-plan` argument parser."""
+    """The `vlrnn-plan` argument parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Whose errors raise instead of exiting, so that `main` reports them in one line.
+    """
     parser = _Parser(
         prog=PROG,
         description="Plan exact block backpropagation through time, and inspect saved plans.",
@@ -452,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
     p.add_argument("--batch-size", type=_positive, required=True)
     p.add_argument("--seq-len", type=_positive, required=True)
-    p.add_argument("--budget", required=True, help='e.g. 8GB, 8GiB, 512MB, 80%% or a byte count')
+    p.add_argument("--budget", type=_budget, required=True, help='e.g. 8GB, 8GiB, 512MB, 80%% or a byte count')
     p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the planner's choice)")
     p.add_argument(
         "--inputs-on-host",
@@ -473,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the schedule's action graph in Graphviz DOT.")
     _add_file_args(p)
     p.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
+    p.add_argument("--max-actions", type=_positive, default=2000,
+                   help="refuse schedules with more actions than this (default 2000)")
     p.set_defaults(handler=_cmd_dot)
 
     p = sub.add_parser("plot", help="plot predicted memory over a schedule (needs matplotlib)",
@@ -483,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=_positive, default=2000,
                    help="bins along the x axis for long schedules (default 2000)")
     p.add_argument("--width", type=float, default=8.0, help="figure width in inches")
-    p.add_argument("--height", type=float, default=4.0, help="figure height in inches")
+    p.add_argument("--height", type=float, default=4.8, help="figure height in inches")
     p.add_argument("--dpi", type=_positive, default=120)
     p.set_defaults(handler=_cmd_plot)
     return parser
@@ -504,12 +494,17 @@ def _report(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `vlrnn-plan` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
 
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command line without the program's name.
+
     Returns
     -------
     int
         0 on success, 2 for a usage error, 1 for any other error (one line on stderr).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_values(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -520,6 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (vlrnn-plan show plan.json | head): stop quietly, and keep Python
+        # from reporting the pipe once more when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         _report("interrupted")
         return 130

@@ -1,16 +1,19 @@
 """The cost model: a cell profile and a schedule's shape give a predicted peak memory and time.
 
-Pure functions of plain numbers; no framework is imported. A schedule's shape enters only through
-two closed forms of its strategy (`vlrnn_planner.strategies`): how many block forward evaluations
-it makes and how many boundary states it holds at most. Any strategy with those closed forms is
-priced the same way.
+Pure functions of plain numbers; no framework is imported. This module prices and does nothing
+else: the search over shapes is `vlrnn_planner.solver`, the summaries live with the records they
+describe. A schedule's shape of equal blocks enters only through two closed forms of its strategy
+(`vlrnn_planner.strategies`): how many block forward evaluations it makes and how many boundary
+states it holds at most. Blocks of unequal work are priced block by block, as a `Chain`.
 
 NOTE [ Peak memory model ]
 --------------------------
 During a training step the device holds, at its peak:
 
 - the parameters and their gradients;
-- the inputs and targets of the whole sequence (resident on the device);
+- the inputs and targets of the whole sequence (resident on the device), and, where the inputs
+  carry an autograd graph of their own (an embedding's output), a gradient buffer as large as
+  the inputs ("input gradients");
 - the stored boundary states (at most ``max_stored_states``, the initial state included), each with
   its fixed companions (``state_bytes_fixed``: the RNG state kept with it, on CPU);
 - the working state and the gradient arriving at a block's output state (two more states);
@@ -20,6 +23,7 @@ During a training step the device holds, at its peak:
 
 Stored states are counted at their most for the whole step, although in most schedules the largest
 block activations come while fewer states are stored: the prediction errs on the safe side.
+`memory_parts` builds these parts, named, for every prediction.
 
 NOTE [ Time model ]
 -------------------
@@ -27,45 +31,42 @@ A schedule over ``n`` blocks of ``K`` steps with ``E`` forward evaluations runs 
 grad (``T`` steps in all) and ``E - n`` blocks without grad. The last block, the only short one, is
 never advanced without grad (its output state is not needed before its own backward), so the
 no-grad steps are ``(E - n) * K``. Every block evaluation also pays the profile's fixed
-``block_overhead_seconds``, which is what makes very short blocks slow.
+``block_overhead_seconds``, which is what makes very short blocks slow. A step costs more in long
+blocks on some devices (a block's activations outgrow the caches; fresh memory is faulted in): the
+profile's `CellProfile.time_scale` factors, measured at several block lengths, scale the seconds
+per step at each block's length, so the planner ranks block lengths as they measure.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from . import strategies
-from .budget import format_bytes
+from .actions import Action, Advance, ForwardBackward
 from .errors import InvalidInputError
 from .profile import CellProfile
+from .records import positive_int
+from .schedule import Prediction
+from .simulate import MemoryModel, walk
 
 __all__ = [
+    "Chain",
     "Estimate",
     "Workload",
-    "forward_evaluations",
-    "max_stored_states",
     "block_bytes",
+    "memory_parts",
     "peak_memory",
     "predicted_seconds",
     "baseline_seconds",
     "estimate",
-    "describe_profile",
-    "describe_plan",
-    "describe_schedule",
+    "sample_step_prefix",
 ]
 
-# Memory parts, in the order they are summed and printed.
-PARTS = (
-    "parameters",
-    "gradients",
-    "inputs",
-    "targets",
-    "stored states",
-    "working state and its gradient",
-    "block in flight",
-)
+STORED = "stored states"
+WORKING = "working state and its gradient"
+BLOCK = "block in flight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,14 @@ class Workload:
     inputs_on_host : bool
         The inputs and targets stay in host memory and are copied to the device block by block:
         only the block in flight and the next one count against the device's budget.
+    input_gradients : bool
+        The inputs carry an autograd graph (an embedding's output): the backward keeps a
+        gradient buffer as large as the inputs, on the device unless ``inputs_on_host``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a non-positive length or batch, or batch sizes that are not one per step.
 
     Examples
     --------
@@ -95,8 +104,11 @@ class Workload:
     batch_size: int
     batch_sizes: tuple[int, ...] | None = None
     inputs_on_host: bool = False
+    input_gradients: bool = False
 
     def __post_init__(self) -> None:
+        positive_int("seq_len", self.seq_len, hint="pass the number of time steps")
+        positive_int("batch_size", self.batch_size, hint="pass the number of sequences in the batch")
         if self.batch_sizes is not None:
             sizes = tuple(int(b) for b in self.batch_sizes)
             if len(sizes) != self.seq_len:
@@ -114,15 +126,35 @@ class Workload:
         return sum(self.batch_sizes)
 
     def resident_input_sample_steps(self, block_sample_steps: int) -> int:
-        """Sample-steps of inputs (and targets) on the device while blocks of at most
-        ``block_sample_steps`` run: the whole sequence, or with the inputs on the host the block
-        in flight and the next one being copied."""
+        """Sample-steps of inputs (and targets) on the device while blocks run.
+
+        Parameters
+        ----------
+        block_sample_steps : int
+            The most sample-steps in one block.
+
+        Returns
+        -------
+        int
+            The whole sequence's, or with the inputs on the host the block in flight's and the
+            next one's, being copied.
+        """
         if not self.inputs_on_host:
             return self.sample_steps
         return min(self.sample_steps, 2 * block_sample_steps)
 
     def block_sample_steps(self, block_length: int) -> int:
-        """The most sample-steps in any one block of ``block_length`` steps."""
+        """The most sample-steps in any one block of ``block_length`` steps.
+
+        Parameters
+        ----------
+        block_length : int
+            Steps per block ``K``.
+
+        Returns
+        -------
+        int
+        """
         k = min(block_length, self.seq_len)
         if self.batch_sizes is None:
             return k * self.batch_size
@@ -132,14 +164,241 @@ class Workload:
         return max(sum(sizes[i : i + k]) for i in range(0, self.seq_len, k))
 
     def advance_sample_steps(self, block_length: int, advanced_blocks: int) -> float:
-        """Sample-steps of ``advanced_blocks`` no-grad block runs, each over one of the first
-        ``n - 1`` blocks (their mean batch, for a shrinking batch)."""
+        """Sample-steps of no-grad block runs, each over one of the first ``n - 1`` blocks.
+
+        Parameters
+        ----------
+        block_length : int
+            Steps per block ``K``.
+        advanced_blocks : int
+            Number of no-grad block runs.
+
+        Returns
+        -------
+        float
+            ``advanced_blocks`` runs of the mean block among the first ``n - 1`` (all blocks
+            alike for a full batch).
+        """
         k = min(block_length, self.seq_len)
         if self.batch_sizes is None:
             return advanced_blocks * k * self.batch_size
         head = self.batch_sizes[: max(self.seq_len - k, 0)] or self.batch_sizes[:k]
         mean = sum(head) / len(head)
         return advanced_blocks * k * mean
+
+
+def block_bytes(profile: CellProfile, sample_steps: float) -> int:
+    """Bytes of one block in flight: the larger of its activations with grad and its no-grad
+    transients.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes.
+    sample_steps : float
+        The block's steps times sequences.
+
+    Returns
+    -------
+    int
+        Bytes, rounded up.
+
+    Examples
+    --------
+    >>> p = CellProfile(activation_bytes_per_step=100.0, activation_bytes_fixed=1000.0,
+    ...                 transient_bytes_per_step=10.0, transient_bytes_fixed=5000.0)
+    >>> block_bytes(p, 8), block_bytes(p, 80)
+    (5080, 9000)
+    """
+    with_grad = profile.activation_bytes_per_step * sample_steps + profile.activation_bytes_fixed
+    no_grad = profile.transient_bytes_per_step * sample_steps + profile.transient_bytes_fixed
+    return math.ceil(max(with_grad, no_grad))
+
+
+def _state_bytes(profile: CellProfile, workload: Workload) -> float:
+    """One boundary state of the full batch, with its fixed companions."""
+    return profile.state_bytes_per_sample * workload.batch_size + profile.state_bytes_fixed
+
+
+def _held_throughout(
+    profile: CellProfile, workload: Workload, widest_sample_steps: int
+) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """The parts held throughout the step: those listed before the states, and after the block."""
+    p = profile
+    samples = workload.resident_input_sample_steps(widest_sample_steps)
+    input_gradients = workload.sample_steps if workload.input_gradients and not workload.inputs_on_host else 0
+    head = (
+        ("parameters", int(p.parameter_bytes)),
+        ("gradients", int(p.gradient_bytes)),
+        ("inputs", math.ceil(p.input_bytes_per_step * samples)),
+        ("targets", math.ceil(p.target_bytes_per_step * samples)),
+        ("input gradients", math.ceil(p.input_bytes_per_step * input_gradients)),
+    )
+    tail = (("allocator overhead", int(p.allocator_overhead_bytes)),) if p.allocator_overhead_bytes else ()
+    return head, tail
+
+
+def memory_parts(
+    profile: CellProfile,
+    workload: Workload,
+    *,
+    widest_sample_steps: int,
+    stored_bytes: int,
+    block_in_flight: int,
+) -> tuple[tuple[str, int], ...]:
+    """The named parts of a predicted peak (NOTE [ Peak memory model ]), in the order printed.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes.
+    workload : Workload
+        The step's data.
+    widest_sample_steps : int
+        Sample-steps of the widest block (what inputs kept on the host leave on the device).
+    stored_bytes : int
+        Bytes of the stored states at the peak.
+    block_in_flight : int
+        Bytes of the block in flight at the peak.
+
+    Returns
+    -------
+    tuple of (str, int)
+        Parameters, gradients, inputs, targets, input gradients, stored states, the working
+        state and its gradient, the block in flight, and the allocator overhead where the
+        profile measured one; bytes each.
+    """
+    head, tail = _held_throughout(profile, workload, widest_sample_steps)
+    states_and_block = (
+        (STORED, stored_bytes),
+        (WORKING, _working_bytes(profile, workload)),
+        (BLOCK, block_in_flight),
+    )
+    return head + states_and_block + tail
+
+
+def _working_bytes(profile: CellProfile, workload: Workload) -> int:
+    """The working state (with its fixed companions) and the gradient at a block's output."""
+    return math.ceil(2 * profile.state_bytes_per_sample * workload.batch_size + profile.state_bytes_fixed)
+
+
+def _fixed_bytes(parts: Sequence[tuple[str, int]]) -> int:
+    """Bytes of the parts held throughout: all but the states and the block."""
+    return sum(size for name, size in parts if name not in (STORED, WORKING, BLOCK))
+
+
+def peak_memory(
+    profile: CellProfile,
+    workload: Workload,
+    *,
+    block_length: int,
+    stored_states: int,
+) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """Predicted peak bytes and its parts, for blocks of equal steps (NOTE [ Peak memory model ]).
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes.
+    workload : Workload
+        The step's data.
+    block_length : int
+        Steps per block ``K`` (``T`` for plain BPTT).
+    stored_states : int
+        Most boundary states stored at once, the initial state included.
+
+    Returns
+    -------
+    peak_bytes : int
+        The sum of the parts.
+    memory_parts : tuple of (str, int)
+        See `memory_parts`.
+
+    Examples
+    --------
+    >>> p = CellProfile(parameter_bytes=1000, gradient_bytes=1000, state_bytes_per_sample=10.0,
+    ...                 input_bytes_per_step=4.0, activation_bytes_per_step=100.0)
+    >>> peak, parts = peak_memory(p, Workload(seq_len=100, batch_size=2), block_length=10,
+    ...                           stored_states=9)
+    >>> peak, dict(parts)["block in flight"]
+    (5020, 2000)
+    """
+    widest = workload.block_sample_steps(block_length)
+    parts = memory_parts(
+        profile,
+        workload,
+        widest_sample_steps=widest,
+        stored_bytes=math.ceil(stored_states * _state_bytes(profile, workload)),
+        block_in_flight=block_bytes(profile, widest),
+    )
+    return sum(b for _, b in parts), parts
+
+
+def predicted_seconds(
+    profile: CellProfile,
+    workload: Workload,
+    *,
+    block_length: int,
+    num_blocks: int,
+    forward_evaluations: int,
+) -> float:
+    """Predicted seconds of a schedule of equal blocks (NOTE [ Time model ]).
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured seconds.
+    workload : Workload
+        The step's data.
+    block_length : int
+        Steps per block ``K``.
+    num_blocks : int
+        Number of blocks ``n``.
+    forward_evaluations : int
+        Block forward evaluations ``E`` (``n`` of them with grad).
+
+    Returns
+    -------
+    float
+        Seconds.
+
+    Examples
+    --------
+    >>> p = CellProfile(advance_seconds_per_step=1.0, fb_seconds_per_step=3.0,
+    ...                 block_overhead_seconds=0.5)
+    >>> predicted_seconds(p, Workload(seq_len=10, batch_size=1), block_length=5, num_blocks=2,
+    ...                   forward_evaluations=3)
+    36.5
+    """
+    k = min(block_length, workload.seq_len)
+    advanced = max(forward_evaluations - num_blocks, 0)
+    advance_scale, fb_scale = profile.time_scale(k)
+    advance = advance_scale * (
+        advanced * k * profile.advance_seconds_per_step
+        + workload.advance_sample_steps(k, advanced) * profile.advance_seconds_per_step_per_sample
+    )
+    fb = fb_scale * (
+        workload.seq_len * profile.fb_seconds_per_step + workload.sample_steps * profile.fb_seconds_per_step_per_sample
+    )
+    return advance + fb + advanced * profile.advance_overhead + num_blocks * profile.block_overhead_seconds
+
+
+def baseline_seconds(profile: CellProfile, workload: Workload) -> float:
+    """Predicted seconds of plain BPTT: the whole sequence as one block, run once with grad.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured seconds.
+    workload : Workload
+        The step's data.
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
+    return predicted_seconds(profile, workload, block_length=workload.seq_len, num_blocks=1, forward_evaluations=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +417,12 @@ class Estimate:
         Block forward evaluations (no-grad runs plus one per block run with grad).
     stored_states : int
         Most boundary states stored at once, the initial state included.
+    state_bytes : float
+        One boundary state with its fixed companions.
+    block_bytes : int
+        The largest block in flight.
+    fixed_bytes : int
+        Bytes held throughout the step.
     """
 
     peak_bytes: int
@@ -165,126 +430,37 @@ class Estimate:
     memory_parts: tuple[tuple[str, int], ...]
     forward_evaluations: int
     stored_states: int
+    state_bytes: float = 0.0
+    block_bytes: int = 0
+    fixed_bytes: int = 0
 
+    def prediction(self, *, baseline_seconds: float | None, device: str | None, budget_bytes: int | None) -> Prediction:
+        """This estimate as a schedule's `Prediction`.
 
-def forward_evaluations(strategy: str, n: int, *, checkpoints: int | None = None, levels: Sequence[int] = ()) -> int:
-    """Block forward evaluations of a strategy over ``n`` blocks (the strategies' closed form).
+        Parameters
+        ----------
+        baseline_seconds : float or None
+            Predicted seconds of plain BPTT, for comparison.
+        device : str or None
+            The device profiled.
+        budget_bytes : int or None
+            The budget planned to.
 
-    Examples
-    --------
-    >>> forward_evaluations("store_all", 1), forward_evaluations("blocks", 10)
-    (1, 19)
-    """
-    return strategies.forward_evaluations(strategy, n, checkpoints=checkpoints, levels=levels)
-
-
-def max_stored_states(strategy: str, n: int, *, checkpoints: int | None = None, levels: Sequence[int] = ()) -> int:
-    """Most boundary states stored at once, the initial state included (the strategies' closed form).
-
-    Examples
-    --------
-    >>> max_stored_states("store_all", 1), max_stored_states("blocks", 10)
-    (1, 9)
-    """
-    return strategies.max_stored_states(strategy, n, checkpoints=checkpoints, levels=levels)
-
-
-def block_bytes(profile: CellProfile, sample_steps: float) -> int:
-    """Bytes of one block in flight over ``sample_steps`` (steps x sequences): the larger of its
-    activations with grad and its no-grad transients.
-
-    Examples
-    --------
-    >>> p = CellProfile(activation_bytes_per_step=100.0, activation_bytes_fixed=1000.0,
-    ...                 transient_bytes_per_step=10.0, transient_bytes_fixed=5000.0)
-    >>> block_bytes(p, 8), block_bytes(p, 80)
-    (5080, 9000)
-    """
-    with_grad = profile.activation_bytes_per_step * sample_steps + profile.activation_bytes_fixed
-    no_grad = profile.transient_bytes_per_step * sample_steps + profile.transient_bytes_fixed
-    return math.ceil(max(with_grad, no_grad))
-
-
-def peak_memory(
-    profile: CellProfile,
-    workload: Workload,
-    *,
-    block_length: int,
-    stored_states: int,
-) -> tuple[int, tuple[tuple[str, int], ...]]:
-    """Predicted peak bytes and its parts (NOTE [ Peak memory model ]).
-
-    Parameters
-    ----------
-    profile : CellProfile
-    workload : Workload
-    block_length : int
-        Steps per block ``K`` (``T`` for plain BPTT).
-    stored_states : int
-        Most boundary states stored at once, the initial state included.
-
-    Returns
-    -------
-    peak_bytes : int
-    memory_parts : tuple of (str, int)
-
-    Examples
-    --------
-    >>> p = CellProfile(parameter_bytes=1000, gradient_bytes=1000, state_bytes_per_sample=10.0,
-    ...                 input_bytes_per_step=4.0, activation_bytes_per_step=100.0)
-    >>> peak, parts = peak_memory(p, Workload(seq_len=100, batch_size=2), block_length=10,
-    ...                           stored_states=9)
-    >>> peak, dict(parts)["block in flight"]
-    (5020, 2000)
-    """
-    state = profile.state_bytes_per_sample * workload.batch_size
-    samples = workload.resident_input_sample_steps(workload.block_sample_steps(block_length))
-    block = block_bytes(profile, workload.block_sample_steps(block_length))
-    parts = (
-        ("parameters", int(profile.parameter_bytes)),
-        ("gradients", int(profile.gradient_bytes)),
-        ("inputs", math.ceil(profile.input_bytes_per_step * samples)),
-        ("targets", math.ceil(profile.target_bytes_per_step * samples)),
-        ("stored states", math.ceil(stored_states * (state + profile.state_bytes_fixed))),
-        ("working state and its gradient", math.ceil(2 * state + profile.state_bytes_fixed)),
-        ("block in flight", block),
-    )
-    if profile.allocator_overhead_bytes:
-        parts += (("allocator overhead", int(profile.allocator_overhead_bytes)),)
-    return sum(b for _, b in parts), parts
-
-
-def predicted_seconds(
-    profile: CellProfile,
-    workload: Workload,
-    *,
-    block_length: int,
-    num_blocks: int,
-    forward_evaluations: int,
-) -> float:
-    """Predicted seconds of a schedule (NOTE [ Time model ]).
-
-    Examples
-    --------
-    >>> p = CellProfile(advance_seconds_per_step=1.0, fb_seconds_per_step=3.0,
-    ...                 block_overhead_seconds=0.5)
-    >>> predicted_seconds(p, Workload(seq_len=10, batch_size=1), block_length=5, num_blocks=2,
-    ...                   forward_evaluations=3)
-    36.5
-    """
-    k = min(block_length, workload.seq_len)
-    advanced = max(forward_evaluations - num_blocks, 0)
-    advance = (
-        advanced * k * profile.advance_seconds_per_step
-        + workload.advance_sample_steps(k, advanced) * profile.advance_seconds_per_step_per_sample
-    )
-    fb = workload.seq_len * profile.fb_seconds_per_step + workload.sample_steps * profile.fb_seconds_per_step_per_sample
-    return advance + fb + forward_evaluations * profile.block_overhead_seconds
-
-
-def baseline_seconds(profile: CellProfile, workload: Workload) -> float:
-    """Predicted seconds of plain BPTT: the whole sequence as one block, run once with grad."""
-    return predicted_seconds(profile, workload, block_length=workload.seq_len, num_blocks=1, forward_evaluations=1)
+        Returns
+        -------
+        Prediction
+        """
+        return Prediction(
+            peak_bytes=self.peak_bytes,
+            seconds=self.seconds,
+            memory_parts=self.memory_parts,
+            state_bytes=self.state_bytes,
+            block_bytes=self.block_bytes,
+            fixed_bytes=self.fixed_bytes,
+            baseline_seconds=baseline_seconds,
+            device=device,
+            budget_bytes=budget_bytes,
+        )
 
 
 def estimate(
@@ -296,7 +472,31 @@ def estimate(
     checkpoints: int | None = None,
     levels: Sequence[int] = (),
 ) -> Estimate:
-    """Peak memory and time of one schedule shape.
+    """Peak memory and time of one schedule shape of equal blocks.
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured bytes and seconds.
+    workload : Workload
+        The step's data.
+    strategy : {"store_all", "blocks", "multilevel", "binomial"}
+        The strategy.
+    block_length : int
+        Steps per block ``K`` (ignored for ``"store_all"``).
+    checkpoints : int, optional
+        For ``"binomial"``: most stored states.
+    levels : sequence of int
+        For ``"multilevel"``: segment sizes in blocks.
+
+    Returns
+    -------
+    Estimate
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown strategy or an invalid parameter of it.
 
     Examples
     --------
@@ -309,155 +509,221 @@ def estimate(
     seq_len = workload.seq_len
     k = seq_len if strategy == "store_all" else min(block_length, seq_len)
     n = math.ceil(seq_len / k)
-    evaluations = forward_evaluations(strategy, n, checkpoints=checkpoints, levels=levels)
-    stored = max_stored_states(strategy, n, checkpoints=checkpoints, levels=levels)
+    evaluations = strategies.forward_evaluations(strategy, n, checkpoints=checkpoints, levels=levels)
+    stored = strategies.max_stored_states(strategy, n, checkpoints=checkpoints, levels=levels)
     peak, parts = peak_memory(profile, workload, block_length=k, stored_states=stored)
     seconds = predicted_seconds(profile, workload, block_length=k, num_blocks=n, forward_evaluations=evaluations)
-    return Estimate(peak, seconds, parts, evaluations, stored)
+    block = dict(parts)[BLOCK]
+    return Estimate(peak, seconds, parts, evaluations, stored, _state_bytes(profile, workload), block, _fixed_bytes(parts))
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries
+# Blocks of unequal work, priced block by block
 # ---------------------------------------------------------------------------------------------
 
 
-def _seconds(s: float) -> str:
-    if s >= 100:
-        return f"{s:.0f} s"
-    if s >= 1:
-        return f"{s:.3g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} us"
+def sample_step_prefix(batch_sizes: Sequence[int]) -> list[int]:
+    """Sample-steps before each step: ``prefix[t] = batch_sizes[0] + ... + batch_sizes[t - 1]``.
 
+    Parameters
+    ----------
+    batch_sizes : sequence of int
+        Sequences running at each step.
 
-def _device(profile: CellProfile | None, device: str | None) -> str:
-    if profile is None:
-        return device or "unknown"
-    name = f" ({profile.device_name})" if profile.device_name else ""
-    return f"{profile.device}{name}, {profile.dtype}"
-
-
-def describe_profile(profile: CellProfile) -> str:
-    """A few lines on what a profile measured.
-
-    Examples
-    --------
-    >>> print(describe_profile(CellProfile(cell="LSTM(4, 8)", state_bytes_per_sample=64.0,
-    ...       activation_bytes_per_step=512.0, measured_by="test")))  # doctest: +ELLIPSIS
-    CellProfile of LSTM(4, 8) on cpu, float32
-      memory measured by: test
-      per step and sequence: activations 512 B, no-grad transients 0 B, inputs 0 B, targets 0 B
-    ...
+    Returns
+    -------
+    list of int
+        ``len(batch_sizes) + 1`` entries, from 0 to the total.
     """
-    p = profile
-    lines = [
-        f"CellProfile of {p.cell or 'a cell'} on {_device(p, None)}",
-        f"  memory measured by: {p.measured_by or 'unknown'}",
-        f"  per step and sequence: activations {format_bytes(p.activation_bytes_per_step)}, "
-        f"no-grad transients {format_bytes(p.transient_bytes_per_step)}, "
-        f"inputs {format_bytes(p.input_bytes_per_step)}, targets {format_bytes(p.target_bytes_per_step)}",
-        f"  per block: activations {format_bytes(p.activation_bytes_fixed)}, "
-        f"no-grad transients {format_bytes(p.transient_bytes_fixed)}, "
-        f"overhead {_seconds(p.block_overhead_seconds)}",
-        f"  state per sequence {format_bytes(p.state_bytes_per_sample)}; parameters "
-        f"{format_bytes(p.parameter_bytes)}, gradients {format_bytes(p.gradient_bytes)}"
-        + ("; loss head included" if p.loss_included else ""),
-        f"  seconds per step: no-grad {_seconds(p.advance_seconds_per_step)} + "
-        f"{_seconds(p.advance_seconds_per_step_per_sample)} per sequence; with grad and backward "
-        f"{_seconds(p.fb_seconds_per_step)} + {_seconds(p.fb_seconds_per_step_per_sample)} per sequence",
-    ]
-    if p.device_total_bytes is not None:
-        lines.append(
-            f"  device memory: {format_bytes(p.device_total_bytes)} total, "
-            f"{format_bytes(p.device_free_bytes or 0)} free"
-            + (f", this process {format_bytes(p.process_bytes)}" if p.process_bytes is not None else "")
-            + (f", allocator holds {format_bytes(p.allocator_reserved_bytes)}" if p.allocator_reserved_bytes is not None else "")
+    prefix = [0]
+    for b in batch_sizes:
+        prefix.append(prefix[-1] + b)
+    return prefix
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Per-block costs of a sequence cut into blocks of unequal work (a shrinking batch).
+
+    Every boundary state holds the full batch; a block's activations and time follow its
+    sample-steps (NOTE [ Per-block costs of a shrinking batch ] in `vlrnn_planner.solver`).
+    Build one with `Chain.from_profile`.
+
+    Attributes
+    ----------
+    bounds : tuple of int
+        The start step of every block, then ``T``.
+    state_bytes : float
+        One boundary state of the full batch, with its fixed companions.
+    fixed_bytes : int
+        Bytes held throughout the step.
+    block_bytes : tuple of int
+        Bytes of each block in flight.
+    advance_seconds : tuple of float
+        Seconds of each block without grad, the block overhead included.
+    fb_seconds : tuple of float
+        Seconds of each block with grad and backward, the block overhead included.
+    widest_sample_steps : int
+        Sample-steps of the widest block.
+    """
+
+    bounds: tuple[int, ...]
+    state_bytes: float
+    fixed_bytes: int
+    block_bytes: tuple[int, ...]
+    advance_seconds: tuple[float, ...]
+    fb_seconds: tuple[float, ...]
+    widest_sample_steps: int
+    _advance_prefix: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        prefix = [0.0]
+        for s in self.advance_seconds:
+            prefix.append(prefix[-1] + s)
+        object.__setattr__(self, "_advance_prefix", tuple(prefix))
+
+    @classmethod
+    def from_profile(
+        cls, profile: CellProfile, workload: Workload, bounds: Sequence[int], prefix: Sequence[int]
+    ) -> Chain:
+        """The costs of ``workload`` cut at ``bounds``.
+
+        Parameters
+        ----------
+        profile : CellProfile
+            The cell's measured bytes and seconds.
+        workload : Workload
+            The step's data, with its ``batch_sizes``.
+        bounds : sequence of int
+            The start step of every block, then ``T``.
+        prefix : sequence of int
+            `sample_step_prefix` of the workload's batch sizes (computed once for many cuts).
+
+        Returns
+        -------
+        Chain
+        """
+        p = profile
+        bounds = tuple(bounds)
+        spans = [(b - a, prefix[b] - prefix[a]) for a, b in zip(bounds, bounds[1:])]
+        widest = max(samples for _, samples in spans)
+        head, tail = _held_throughout(p, workload, widest)
+        return cls(
+            bounds=bounds,
+            state_bytes=_state_bytes(p, workload),
+            fixed_bytes=sum(size for _, size in head + tail),
+            block_bytes=tuple(block_bytes(p, samples) for _, samples in spans),
+            advance_seconds=tuple(
+                p.time_scale(steps)[0] * (steps * p.advance_seconds_per_step + samples * p.advance_seconds_per_step_per_sample)
+                + p.advance_overhead
+                for steps, samples in spans
+            ),
+            fb_seconds=tuple(
+                p.time_scale(steps)[1] * (steps * p.fb_seconds_per_step + samples * p.fb_seconds_per_step_per_sample)
+                + p.block_overhead_seconds
+                for steps, samples in spans
+            ),
+            widest_sample_steps=widest,
         )
-    if p.profile_seconds:
-        lines.append(f"  profiled in {_seconds(p.profile_seconds)}")
-    lines.extend(f"  note: {n}" for n in p.notes)
-    return "\n".join(lines)
 
+    @property
+    def n(self) -> int:
+        """Number of blocks."""
+        return len(self.bounds) - 1
 
-def describe_schedule(schedule) -> str:
-    """The summary `Schedule.__str__` prints: strategy, K, blocks, device, budget, predicted peak
-    with its parts, predicted time and its ratio to plain BPTT.
+    def blocks_cost(self) -> tuple[float, float, int]:
+        """Peak bytes, seconds and the block at the peak of the ``blocks`` strategy, in closed form.
 
-    Examples
-    --------
-    >>> from vlrnn_planner import fixed_plan
-    >>> print(fixed_plan(block_length=4).schedule(seq_len=10, batch_size=2))
-    Schedule: blocks, T=10, K=4, 3 blocks, batch 2
-      block forward evaluations: 5 (2 without grad, 3 with grad)
-    """
-    s = schedule
-    lines = [
-        f"Schedule: {s.strategy}, T={s.seq_len}, K={s.block_length}, "
-        f"{s.num_blocks} block{'s' if s.num_blocks != 1 else ''}"
-        + (f", batch {s.batch_size}" if s.batch_size is not None else "")
-    ]
-    if s.checkpoints is not None:
-        lines.append(f"  stored states at most: {s.checkpoints}")
-    if s.levels:
-        lines.append(f"  levels (blocks per segment): {', '.join(map(str, s.levels))}")
-    try:
-        evaluations = forward_evaluations(s.strategy, s.num_blocks, checkpoints=s.checkpoints, levels=s.levels)
-    except (InvalidInputError, ValueError):
-        evaluations = None
-    if evaluations is not None and s.strategy != "store_all":
-        lines.append(
-            f"  block forward evaluations: {evaluations} "
-            f"({evaluations - s.num_blocks} without grad, {s.num_blocks} with grad)"
+        While block ``b`` runs with grad, ``b + 2`` states are held beside it (``b`` stored
+        before it, its input state, the gradient at its output).
+
+        Returns
+        -------
+        (float, float, int)
+        """
+        n = self.n
+        peak, at = max(((b + 2) * self.state_bytes + self.block_bytes[b], b) for b in range(n))
+        seconds = self._advance_prefix[n - 1] + sum(self.fb_seconds)
+        return self.fixed_bytes + peak, seconds, at
+
+    def walk_cost(self, actions: Iterable[Action]) -> tuple[float, float, int]:
+        """Peak bytes, seconds and the block at the peak of any schedule over this chain.
+
+        The reference simulator's memory model, walked unchecked, ``O(actions)``.
+
+        Parameters
+        ----------
+        actions : iterable of Action
+            A valid schedule over the chain's blocks.
+
+        Returns
+        -------
+        (float, float, int)
+        """
+        memory = MemoryModel(state_bytes=self.state_bytes, block_bytes=self.block_bytes.__getitem__)
+        peak, at, seconds = 0.0, 0, 0.0
+        for step in walk(actions, self.n, memory=memory, check=False):
+            action = step.action
+            if type(action) is Advance:
+                seconds += self._advance_prefix[action.stop] - self._advance_prefix[action.start]
+            elif type(action) is ForwardBackward:
+                if step.peak_bytes > peak:
+                    peak, at = step.peak_bytes, action.block
+                seconds += self.fb_seconds[action.block]
+        return self.fixed_bytes + peak, seconds, at
+
+    def prediction(
+        self,
+        profile: CellProfile,
+        workload: Workload,
+        *,
+        peak_bytes: float,
+        seconds: float,
+        at: int,
+        baseline_seconds: float | None,
+        budget_bytes: int | None,
+    ) -> Prediction:
+        """The `Prediction` of a schedule over this chain whose peak comes with block ``at``.
+
+        Parameters
+        ----------
+        profile : CellProfile
+            The profile the chain was priced from.
+        workload : Workload
+            Its workload.
+        peak_bytes : float
+            The peak, from `blocks_cost` or `walk_cost`.
+        seconds : float
+            The seconds, likewise.
+        at : int
+            The block in flight at the peak.
+        baseline_seconds : float or None
+            Predicted seconds of plain BPTT, for comparison.
+        budget_bytes : int or None
+            The budget planned to.
+
+        Returns
+        -------
+        Prediction
+            Its stored states' part is the rest of the peak; its block bytes the largest block's.
+        """
+        peak = math.ceil(peak_bytes)
+        block = self.block_bytes[at]
+        parts = memory_parts(
+            profile,
+            workload,
+            widest_sample_steps=self.widest_sample_steps,
+            stored_bytes=peak - self.fixed_bytes - _working_bytes(profile, workload) - block,
+            block_in_flight=block,
         )
-    if s.device is not None:
-        lines.append(f"  device: {s.device}")
-    if s.budget_bytes is not None:
-        lines.append(f"  budget: {format_bytes(s.budget_bytes)}")
-    if s.predicted_peak_bytes is not None:
-        head = f"  predicted peak: {format_bytes(s.predicted_peak_bytes)}"
-        if s.budget_bytes:
-            head += f" ({100 * s.predicted_peak_bytes / s.budget_bytes:.0f}% of the budget)"
-        lines.append(head)
-        for name, size in s.memory_parts:
-            if size:
-                lines.append(f"    {name}: {format_bytes(size)}")
-    if s.predicted_seconds is not None:
-        text = f"  predicted time: {_seconds(s.predicted_seconds)}"
-        if s.baseline_seconds:
-            text += (
-                f", {s.predicted_seconds / s.baseline_seconds:.2f}x plain BPTT "
-                f"({_seconds(s.baseline_seconds)})"
-            )
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def describe_plan(plan) -> str:
-    """The summary `Plan.__str__` prints for a budget plan: device, budget, what was profiled,
-    and the schedules resolved so far.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import Plan
-    >>> print(Plan(budget_bytes=10**9, profile=CellProfile(cell="GRU(4, 8)")))  # doctest: +ELLIPSIS
-    Plan: budget 1 GB on cpu, float32
-      cell: GRU(4, 8); memory measured by: unknown
-      strategy and block length are chosen per input shape: plan.schedule(seq_len=..., batch_size=...)
-    """
-    p = plan.profile
-    spec = getattr(plan, "budget_spec", None)
-    budget = format_bytes(plan.budget_bytes)
-    if spec and spec.strip().lower().replace(" ", "") != budget.lower().replace(" ", ""):
-        budget = f"{budget} ({spec})"
-    lines = [f"Plan: budget {budget} on {_device(p, None)}"]
-    if p is not None:
-        lines.append(f"  cell: {p.cell or 'unknown'}; memory measured by: {p.measured_by or 'unknown'}")
-        if p.available_bytes is not None:
-            lines.append(f"  this process could use {format_bytes(p.available_bytes)} on the device when profiled")
-    resolved = [s for s in plan._cache.values()]
-    if not resolved:
-        lines.append("  strategy and block length are chosen per input shape: plan.schedule(seq_len=..., batch_size=...)")
-    for s in resolved:
-        lines.extend("  " + line for line in describe_schedule(s).splitlines())
-    return "\n".join(lines)
+        return Prediction(
+            peak_bytes=peak,
+            seconds=seconds,
+            memory_parts=parts,
+            state_bytes=self.state_bytes,
+            block_bytes=max(self.block_bytes),
+            fixed_bytes=self.fixed_bytes,
+            baseline_seconds=baseline_seconds,
+            device=profile.device,
+            budget_bytes=budget_bytes,
+        )

@@ -1,27 +1,10 @@
-"""Export of plans and schedules: JSON that round-trips, a networkx graph, and Graphviz DOT.
+"""Export of a schedule's actions: a networkx graph, and Graphviz DOT.
 
-`Schedule.to_json`, `Schedule.from_json`, `Schedule.graph`, `Schedule.to_dot`, `Plan.to_json`
-and `Plan.from_json` are the public entry points; they delegate here.
-
-The JSON documents
-------------------
-A schedule file::
-
-    {"format": "vlrnn-planner/schedule", "version": 1,
-     "schedule": {"strategy": "blocks", "seq_len": 1000, "block_length": 50, ...}}
-
-A plan file, optionally with the schedule it chose for one input shape::
-
-    {"format": "vlrnn-planner/plan", "version": 1,
-     "plan": {"block_length": null, "budget_bytes": 8000000000, ...,
-              "profile": {"__type__": "CellProfile", ...}},
-     "schedule": {...}}
-
-The ``"schedule"`` and ``"plan"`` objects hold every public dataclass field of `Schedule` and
-`Plan` (fields named with a leading underscore, such as the plan's cache, are left out). Tuples
-are written as JSON lists and read back as tuples, guided by the fields' type annotations, so
-``from_json(to_json(x)) == x``. A field missing from a file takes its default, so files written
-before a field was added still load; a field this version does not know is rejected.
+`Schedule.graph` and `Schedule.to_dot` are the public entry points; they delegate here. (JSON
+lives with the records it writes: `Schedule.to_json`, `Plan.to_json`, `vlrnn_planner.records`.)
+The schedule is read through its attributes only, so this module sits below
+`vlrnn_planner.schedule`; the actions are walked once by the reference simulator
+(`vlrnn_planner.simulate.walk_schedule`), which also gives the predicted memory action by action.
 
 Notes
 -----
@@ -35,476 +18,14 @@ the reads are the edges with ``kind="reads"``.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import json
 import math
-import sys
-import types
-import typing
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from .actions import Action, Advance, ForwardBackward, Free
+from .actions import Action, Advance, ForwardBackward
 from .budget import format_bytes
-from .errors import InvalidInputError, ScheduleError
+from .simulate import predicted_memory, walk_schedule
 
-__all__ = [
-    "FORMAT_PLAN",
-    "FORMAT_SCHEDULE",
-    "FORMAT_VERSION",
-    "Document",
-    "Step",
-    "load_document",
-    "memory_model",
-    "plan_from_json",
-    "plan_to_json",
-    "schedule_from_json",
-    "schedule_graph",
-    "schedule_to_dot",
-    "schedule_to_json",
-    "walk",
-]
-
-FORMAT_SCHEDULE = "vlrnn-planner/schedule"
-FORMAT_PLAN = "vlrnn-planner/plan"
-FORMAT_VERSION = 1
-
-# Objects that may sit in a field (a plan's profile): tag written in the JSON -> (module, class).
-# Only these are ever imported on load; the file names a tag, never a module.
-_OBJECT_TYPES: dict[str, tuple[str, str]] = {
-    "CellProfile": ("vlrnn_planner.profile", "CellProfile"),
-}
-_TYPE_KEY = "__type__"
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding values
-# ---------------------------------------------------------------------------------------------
-
-
-def _exported_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
-
-
-def _encode(value: Any, where: str) -> Any:
-    """A JSON-ready copy of ``value``: tuples become lists, known objects become tagged dicts."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (tuple, list)):
-        return [_encode(v, where) for v in value]
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidInputError(
-                    f"vlrnn_planner: cannot export {where}: dict key {k!r} is not a str"
-                )
-            out[k] = _encode(v, where)
-        return out
-    tag = type(value).__name__
-    if tag in _OBJECT_TYPES:
-        if hasattr(value, "to_dict"):
-            data = value.to_dict()
-        elif dataclasses.is_dataclass(value):
-            data = {f.name: getattr(value, f.name) for f in _exported_fields(type(value))}
-        else:  # pragma: no cover - every registered type is one or the other
-            raise InvalidInputError(f"vlrnn_planner: cannot export {where} of type {tag}")
-        return {_TYPE_KEY: tag, **{k: _encode(v, f"{where}.{k}") for k, v in data.items()}}
-    raise InvalidInputError(
-        f"vlrnn_planner: cannot export {where}: a {type(value).__name__} is not one of the types "
-        f"JSON export knows (None, bool, int, float, str, tuple, list, dict, "
-        f"{', '.join(_OBJECT_TYPES)})"
-    )
-
-
-def _encode_dataclass(obj: Any) -> dict[str, Any]:
-    name = type(obj).__name__
-    return {f.name: _encode(getattr(obj, f.name), f"{name}.{f.name}") for f in _exported_fields(type(obj))}
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding values, guided by the fields' annotations
-# ---------------------------------------------------------------------------------------------
-
-
-def _field_hints(cls: type) -> dict[str, Any]:
-    """The resolved type annotations of ``cls``'s fields; one that cannot be resolved is Any."""
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # an annotation naming something only imported for type checkers
-        namespace = vars(sys.modules[cls.__module__])
-        hints: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            hint = f.type
-            if isinstance(hint, str):
-                try:
-                    hint = eval(hint, namespace)  # what typing.get_type_hints does, field by field
-                except Exception:
-                    hint = Any
-            hints[f.name] = hint
-        return hints
-
-
-def _decode_generic(value: Any) -> Any:
-    """Lists back to tuples (all immutable), tagged dicts back to their objects."""
-    if isinstance(value, list):
-        return tuple(_decode_generic(v) for v in value)
-    if isinstance(value, dict):
-        if _TYPE_KEY in value:
-            return _decode_object(value)
-        return {k: _decode_generic(v) for k, v in value.items()}
-    return value
-
-
-def _decode(value: Any, hint: Any, where: str) -> Any:
-    """``value`` read from JSON, shaped back to the annotation ``hint``."""
-    if value is None:
-        return None
-    if isinstance(value, dict) and _TYPE_KEY in value:
-        return _decode_object(value)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _decode(value, options[0], where)
-        return _decode_generic(value)
-    if hint is tuple or origin is tuple:
-        if not isinstance(value, list):
-            raise InvalidInputError(f"vlrnn_planner: {where} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if args and args != ((),):
-            if len(args) != len(value):
-                raise InvalidInputError(
-                    f"vlrnn_planner: {where} must have {len(args)} items, got {value!r}"
-                )
-            return tuple(_decode(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return _decode_generic(value)
-    if hint is list or origin is list:
-        if not isinstance(value, list):
-            raise InvalidInputError(f"vlrnn_planner: {where} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        return [_decode(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise InvalidInputError(f"vlrnn_planner: {where} must be an object, got {value!r}")
-        item = args[1] if len(args) == 2 else Any
-        return {k: _decode(v, item, f"{where}.{k}") for k, v in value.items()}
-    if hint in (int, float, str, bool):
-        return value
-    return _decode_generic(value)
-
-
-def _decode_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"vlrnn_planner: {where} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in _exported_fields(cls)}
-    unknown = sorted(set(data) - names - {_TYPE_KEY})
-    if unknown:
-        raise InvalidInputError(
-            f"vlrnn_planner: {where} has fields this version does not know: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(names))}); was it written by a newer vlrnn-planner?"
-        )
-    hints = _field_hints(cls)
-    return {k: _decode(v, hints.get(k, Any), f"{where}.{k}") for k, v in data.items() if k != _TYPE_KEY}
-
-
-def _construct(cls: type, kwargs: dict[str, Any], where: str) -> Any:
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field missing
-        raise InvalidInputError(f"vlrnn_planner: cannot rebuild {where}: {e}") from None
-
-
-def _decode_object(data: dict[str, Any]) -> Any:
-    tag = data.get(_TYPE_KEY)
-    if tag not in _OBJECT_TYPES:
-        raise InvalidInputError(
-            f"vlrnn_planner: unknown object type {tag!r} in the file; "
-            f"expected one of {', '.join(_OBJECT_TYPES)}"
-        )
-    module_name, class_name = _OBJECT_TYPES[tag]
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise InvalidInputError(
-            f"vlrnn_planner: the file holds a {tag}, but {module_name}.{class_name} is not "
-            f"available in this installation; upgrade vlrnn-planner"
-        ) from None
-    if dataclasses.is_dataclass(cls):
-        fields = _decode_fields(cls, data, tag)
-    else:
-        fields = {k: _decode_generic(v) for k, v in data.items() if k != _TYPE_KEY}
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(fields)
-    return _construct(cls, fields, tag)
-
-
-# ---------------------------------------------------------------------------------------------
-# Documents
-# ---------------------------------------------------------------------------------------------
-
-
-def _parse(text: str | bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(
-            f"vlrnn_planner: not a vlrnn-planner JSON document: invalid JSON ({e})"
-        ) from None
-    except TypeError:
-        raise InvalidInputError(
-            f"vlrnn_planner: from_json takes the JSON text (str), got {type(text).__name__}"
-        ) from None
-    if not isinstance(doc, dict) or "format" not in doc:
-        raise InvalidInputError(
-            f"vlrnn_planner: not a vlrnn-planner JSON document: expected an object with "
-            f'"format": "{FORMAT_SCHEDULE}" or "{FORMAT_PLAN}"'
-        )
-    version = doc.get("version")
-    if doc["format"] in (FORMAT_SCHEDULE, FORMAT_PLAN) and version != FORMAT_VERSION:
-        raise InvalidInputError(
-            f"vlrnn_planner: {doc['format']} version {version!r} is not supported; this "
-            f"vlrnn-planner reads version {FORMAT_VERSION} (upgrade it to read newer files)"
-        )
-    return doc
-
-
-def _expect(doc: dict[str, Any], expected: str) -> None:
-    if doc["format"] != expected:
-        raise InvalidInputError(
-            f'vlrnn_planner: expected a document with "format": "{expected}", got '
-            f"{doc['format']!r}"
-            + ("; read it with Plan.from_json" if doc["format"] == FORMAT_PLAN else "")
-            + ("; read it with Schedule.from_json" if doc["format"] == FORMAT_SCHEDULE else "")
-        )
-
-
-def _schedule_from_dict(data: Any):
-    from .plan import Schedule
-
-    return _construct(Schedule, _decode_fields(Schedule, data, "schedule"), "schedule")
-
-
-def _check_kind(obj: Any, cls_name: str) -> None:
-    if type(obj).__name__ != cls_name:
-        raise InvalidInputError(
-            f"vlrnn_planner: expected a {cls_name}, got {type(obj).__name__}"
-        )
-
-
-def schedule_to_json(schedule, *, indent: int | None = None) -> str:
-    """``schedule`` as a JSON document; `schedule_from_json` gives back an equal `Schedule`.
-
-    Parameters
-    ----------
-    schedule : Schedule
-        The schedule to write.
-    indent : int, optional
-        Indentation, as for `json.dumps`; compact when None.
-
-    Returns
-    -------
-    str
-        ``{"format": "vlrnn-planner/schedule", "version": 1, "schedule": {...}}``.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import Schedule, fixed_plan
-    >>> s = fixed_plan(block_length=10).schedule(seq_len=95, batch_size=8)
-    >>> Schedule.from_json(s.to_json()) == s
-    True
-    """
-    _check_kind(schedule, "Schedule")
-    doc = {"format": FORMAT_SCHEDULE, "version": FORMAT_VERSION, "schedule": _encode_dataclass(schedule)}
-    return json.dumps(doc, indent=indent)
-
-
-def schedule_from_json(text: str | bytes):
-    """The `Schedule` written by `schedule_to_json`.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``text`` is not JSON, not a schedule document of a version this library reads, or
-        holds a field value that `Schedule` rejects.
-    """
-    return _schedule_document(_parse(text))
-
-
-def _schedule_document(doc: dict[str, Any]):
-    _expect(doc, FORMAT_SCHEDULE)
-    if "schedule" not in doc:
-        raise InvalidInputError('vlrnn_planner: the schedule document has no "schedule" object')
-    return _schedule_from_dict(doc["schedule"])
-
-
-def plan_to_json(plan, *, schedule=None, indent: int | None = None) -> str:
-    """``plan`` (its profile included) as a JSON document; `plan_from_json` reads it back.
-
-    Parameters
-    ----------
-    plan : Plan
-        The plan to write. Its private cache of resolved schedules is not written.
-    schedule : Schedule, optional
-        A schedule of this plan for one input shape, stored alongside it (as the ``"schedule"``
-        key) so that the file can be inspected without re-planning.
-    indent : int, optional
-        Indentation, as for `json.dumps`; compact when None.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import Plan, fixed_plan
-    >>> p = fixed_plan(block_length=50, checkpoints=4)
-    >>> Plan.from_json(p.to_json()) == p
-    True
-    """
-    _check_kind(plan, "Plan")
-    doc: dict[str, Any] = {"format": FORMAT_PLAN, "version": FORMAT_VERSION, "plan": _encode_dataclass(plan)}
-    if schedule is not None:
-        _check_kind(schedule, "Schedule")
-        doc["schedule"] = _encode_dataclass(schedule)
-    return json.dumps(doc, indent=indent)
-
-
-@dataclass(frozen=True)
-class Document:
-    """What a vlrnn-planner JSON file holds: a plan, a schedule, or a plan with its schedule."""
-
-    plan: Any = None
-    schedule: Any = None
-
-
-def load_document(text: str | bytes) -> Document:
-    """Read either kind of file: a schedule document, or a plan document (with or without a schedule).
-
-    When a plan document carries a schedule, the plan's cache is primed with it, so that
-    ``plan.schedule(seq_len, batch_size)`` for that shape gives it back without re-planning.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``text`` is not one of the two documents.
-    """
-    doc = _parse(text)
-    if doc["format"] == FORMAT_SCHEDULE:
-        return Document(schedule=_schedule_document(doc))
-    return _plan_document(doc)
-
-
-def _plan_document(doc: dict[str, Any]) -> Document:
-    from .plan import Plan
-
-    _expect(doc, FORMAT_PLAN)
-    if "plan" not in doc:
-        raise InvalidInputError('vlrnn_planner: the plan document has no "plan" object')
-    plan = _construct(Plan, _decode_fields(Plan, doc["plan"], "plan"), "plan")
-    schedule = None
-    if doc.get("schedule") is not None:
-        schedule = _schedule_from_dict(doc["schedule"])
-        plan._cache[(schedule.seq_len, schedule.batch_size, None)] = schedule
-    return Document(plan=plan, schedule=schedule)
-
-
-def plan_from_json(text: str | bytes):
-    """The `Plan` written by `plan_to_json` (a stored schedule primes its cache).
-
-    Raises
-    ------
-    InvalidInputError
-        If ``text`` is not JSON or not a plan document of a version this library reads.
-    """
-    return _plan_document(_parse(text)).plan
-
-
-# ---------------------------------------------------------------------------------------------
-# Walking a schedule: which state each action reads and who produced it
-# ---------------------------------------------------------------------------------------------
-
-
-class Step(NamedTuple):
-    """One action of a schedule as `walk` sees it.
-
-    Attributes
-    ----------
-    index : int
-        Position of the action in the schedule.
-    action : Action
-        The action.
-    reads : int or None
-        The boundary whose state the action reads (None for `Free`).
-    producer : int or None
-        Index of the action that produced that state; None for the initial state or a `Free`.
-    stored_states : int
-        Stored states held after the action (the initial state counts, the working state not).
-    forward_evaluations : int
-        Block forward evaluations the action makes.
-    """
-
-    index: int
-    action: Action
-    reads: int | None
-    producer: int | None
-    stored_states: int
-    forward_evaluations: int
-
-
-def walk(schedule) -> Iterator[Step]:
-    """Walk the actions of ``schedule`` lazily, tracking stored states and who produced them.
-
-    This is a light walk for export and inspection; the full invariant checks and the memory
-    model live in the reference simulator.
-
-    Raises
-    ------
-    ScheduleError
-        If an action reads a state that is neither stored nor the working state.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import fixed_plan
-    >>> [(s.action, s.stored_states) for s in walk(fixed_plan(block_length=1).schedule(seq_len=2))]
-    [(Advance(0, 1, save=()), 1), (ForwardBackward(1), 1), (ForwardBackward(0), 1), (Free(0), 0)]
-    """
-    stored: dict[int, int | None] = {0: None}  # boundary -> index of the action that stored it
-    working_at: int | None = None  # boundary of the working state
-    working_by: int | None = None  # the action that produced it
-    for i, action in enumerate(schedule.actions):
-        kind = type(action)
-        if kind is Free:
-            if action.boundary not in stored:
-                raise ScheduleError(
-                    f"vlrnn_planner: action {i} {action!r} frees boundary {action.boundary}, "
-                    "which holds no stored state"
-                )
-            del stored[action.boundary]
-            yield Step(i, action, None, None, len(stored), 0)
-            continue
-        if kind is Advance:
-            boundary, evaluations = action.start, action.stop - action.start
-        elif kind is ForwardBackward:
-            boundary, evaluations = action.block, 1
-        else:
-            raise TypeError(f"vlrnn_planner: unknown action {action!r} of type {kind.__name__}")
-        if working_at == boundary:
-            producer = working_by
-        elif boundary in stored:
-            producer = stored[boundary]
-        else:
-            raise ScheduleError(
-                f"vlrnn_planner: action {i} {action!r} reads the state at boundary {boundary}, "
-                "which is neither stored nor the working state"
-            )
-        if kind is Advance:
-            for b in action.save:
-                stored[b] = i
-            working_at, working_by = action.stop, i
-        else:
-            working_at = working_by = None
-        yield Step(i, action, boundary, producer, len(stored), evaluations)
+__all__ = ["schedule_graph", "schedule_to_dot"]
 
 
 def _action_attributes(action: Action) -> dict[str, Any]:
@@ -515,78 +36,36 @@ def _action_attributes(action: Action) -> dict[str, Any]:
     return {"kind": "Free", "boundary": action.boundary}
 
 
-# Names of `Schedule.memory_parts` (see NOTE [ Peak memory model ] in vlrnn_planner.cost) that
-# let the simulator's memory model (NOTE [ Memory model ] in vlrnn_planner.simulate) be fed from
-# a schedule alone: the two states at hand give the bytes of one state, the block in flight the
-# bytes of one block, and every other part is held throughout.
-_PART_WORKING = "working state and its gradient"
-_PART_STORED = "stored states"
-_PART_BLOCK = "block in flight"
-
-
-def memory_model(schedule) -> dict[str, float] | None:
-    """Per-state, per-block and base bytes behind a schedule's prediction, for the simulator.
-
-    Read off ``schedule.memory_parts``; the same state size is taken at every boundary (a packed
-    batch that shrinks is counted at its largest).
-
-    Returns
-    -------
-    dict or None
-        ``{"state_bytes": ..., "block_bytes": ..., "base_bytes": ...}``, the keyword arguments of
-        `vlrnn_planner.simulate.memory_trace`; None when the schedule carries no prediction or
-        its memory parts are not the cost model's.
-
-    Examples
-    --------
-    >>> from vlrnn_planner import Schedule
-    >>> s = Schedule("blocks", seq_len=30, block_length=10, predicted_peak_bytes=1180,
-    ...              memory_parts=(("parameters", 1000), ("stored states", 40),
-    ...                            ("working state and its gradient", 40), ("block in flight", 100)))
-    >>> memory_model(s)
-    {'state_bytes': 20.0, 'block_bytes': 100, 'base_bytes': 1000}
-    """
-    if getattr(schedule, "predicted_peak_bytes", None) is None:
-        return None
-    parts = dict(getattr(schedule, "memory_parts", ()) or ())
-    if _PART_WORKING not in parts or _PART_BLOCK not in parts:
-        return None
-    held = {_PART_WORKING, _PART_STORED, _PART_BLOCK}
-    return {
-        "state_bytes": parts[_PART_WORKING] / 2,
-        "block_bytes": parts[_PART_BLOCK],
-        "base_bytes": sum(size for name, size in parts.items() if name not in held),
-    }
-
-
-def _memory_after_actions(schedule) -> Iterator[tuple[float, float]] | None:
-    """``(peak during, bytes after)`` each action, from the reference simulator, where the
-    schedule carries a prediction (see `memory_model`); None otherwise."""
-    model = memory_model(schedule)
-    if model is None:
-        return None
-    try:
-        from .simulate import memory_trace
-    except ImportError:  # pragma: no cover - an installation without the simulator
-        return None
-    return ((p.peak_bytes, p.bytes_after) for p in memory_trace(schedule.actions, schedule.num_blocks, **model))
-
-
-def schedule_graph(schedule):
+def schedule_graph(schedule: Any) -> Any:
     """The actions of ``schedule`` as a `networkx.DiGraph`.
 
     Nodes are the action indices ``0 .. len(actions) - 1``, with attributes ``index``, ``kind``
     (``"Advance"``, ``"ForwardBackward"`` or ``"Free"``), ``label`` (the action's repr), the
     action's block indices (``start``, ``stop``, ``save``; ``block``; ``boundary``),
     ``stored_states`` (stored states held after it), and, where the schedule carries a
-    prediction (see `memory_model`), ``memory_bytes`` and ``peak_bytes``: the predicted memory
+    prediction (`vlrnn_planner.simulate.predicted_memory`), ``memory_bytes`` and ``peak_bytes``: the predicted memory
     after the action and at its peak while it runs, from the reference simulator.
 
     Edges: ``kind="order"`` from each action to the next; ``kind="reads"`` with ``boundary=b``
     from the action that stored or produced the state at boundary ``b`` to the action that reads
     it (nothing for the initial state, which no action produces). Every edge also has ``order``:
     whether it joins consecutive actions (see NOTE [ Graph edges ] in this module). The graph is
-    acyclic; its graph attributes are the schedule's fields.
+    acyclic; its graph attributes are the schedule's fields, and its prediction's as
+    ``prediction_<field>``.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule; its actions are walked once, with every invariant checked.
+
+    Returns
+    -------
+    networkx.DiGraph
+
+    Raises
+    ------
+    ScheduleError
+        If the schedule breaks an invariant.
 
     Examples
     --------
@@ -600,18 +79,16 @@ def schedule_graph(schedule):
     """
     import networkx as nx
 
-    _check_kind(schedule, "Schedule")
-    graph = nx.DiGraph(**{k: v for k, v in _encode_graph_attrs(schedule).items()})
-    memory = _memory_after_actions(schedule)
+    graph = nx.DiGraph(**_graph_attributes(schedule))
+    memory = predicted_memory(schedule)
     previous: int | None = None
-    for step in walk(schedule):
+    for step in walk_schedule(schedule, memory=memory):
         i = step.index
         attrs = {"index": i, "label": repr(step.action), **_action_attributes(step.action)}
         attrs["stored_states"] = step.stored_states
         if memory is not None:
-            peak, after = next(memory)
-            attrs["peak_bytes"] = math.ceil(peak)
-            attrs["memory_bytes"] = math.ceil(after)
+            attrs["peak_bytes"] = math.ceil(step.peak_bytes)
+            attrs["memory_bytes"] = math.ceil(step.bytes_after)
         graph.add_node(i, **attrs)
         if previous is not None:
             graph.add_edge(previous, i, kind="order", order=True)
@@ -621,13 +98,19 @@ def schedule_graph(schedule):
     return graph
 
 
-def _encode_graph_attrs(schedule) -> dict[str, Any]:
-    """The schedule's fields as graph attributes: primitives and tuples only."""
-    return {
-        f.name: getattr(schedule, f.name)
-        for f in _exported_fields(type(schedule))
-        if getattr(schedule, f.name) is not None
-    }
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _graph_attributes(schedule: Any) -> dict[str, Any]:
+    """The schedule's fields as graph attributes, primitives and tuples only: its own fields,
+    then its prediction's as ``prediction_<field>``; None values left out."""
+    data = schedule.to_dict()
+    prediction = data.pop("prediction") or {}
+    data.update((f"prediction_{name}", value) for name, value in prediction.items())
+    return {name: _tuples(value) for name, value in data.items() if value is not None}
 
 
 def _dot_id(value: Any) -> str:
@@ -642,11 +125,26 @@ _DOT_STYLE = {
 }
 
 
-def schedule_to_dot(schedule) -> str:
+def schedule_to_dot(schedule: Any) -> str:
     """The graph of `schedule_graph` in Graphviz DOT (written directly; no pydot needed).
 
     Nodes are named ``a<index>``; order edges are solid, reads edges dashed and labelled with
     the boundary whose state is read.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule.
+
+    Returns
+    -------
+    str
+        The DOT source.
+
+    Raises
+    ------
+    ScheduleError
+        If the schedule breaks an invariant.
 
     Examples
     --------

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
-from .actions import Action, Advance, ForwardBackward, Free
+from .actions import Action, Advance, ForwardBackward, Free, join_saves
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = [
@@ -116,26 +116,25 @@ def _merge_advances(actions: Iterator[Action]) -> Iterator[Action]:
 
     ``Advance(a, b, save=S)`` followed by ``Advance(b, c, save=T)`` runs the same blocks from the
     same states as ``Advance(a, c, save=S + T)``: the second starts from the working state at
-    ``b`` (which is also stored if ``b`` is in ``S``).
+    ``b`` (which is also stored if ``b`` is in ``S``). Long saves stay runs (`join_saves`).
     """
-    pending: Advance | None = None  # the advance being extended
-    saves: list[int] | None = None  # its saves, once a second advance joined it
+    first: Advance | None = None  # the advance being extended
+    stop = 0  # where the advances joined to it stop
+    saves: list = []  # their saves
     for action in actions:
-        if pending is not None:
-            if type(action) is Advance and action.start == pending.stop:
-                if saves is None:
-                    saves = list(pending.save)
-                saves.extend(action.save)
-                pending = Advance(pending.start, action.stop, ())
+        if first is not None:
+            if type(action) is Advance and action.start == stop:
+                saves.append(action.save)
+                stop = action.stop
                 continue
-            yield pending if saves is None else Advance(pending.start, pending.stop, tuple(saves))
-            pending = saves = None
+            yield first if len(saves) == 1 else Advance(first.start, stop, join_saves(*saves))
+            first = None
         if type(action) is Advance:
-            pending = action
+            first, stop, saves = action, action.stop, [action.save]
         else:
             yield action
-    if pending is not None:
-        yield pending if saves is None else Advance(pending.start, pending.stop, tuple(saves))
+    if first is not None:
+        yield first if len(saves) == 1 else Advance(first.start, stop, join_saves(*saves))
 
 
 def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
@@ -144,7 +143,7 @@ def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
     The state at ``a`` is at hand (stored if ``stored``; it must be stored when ``length > 1``).
     """
     if length > 1:
-        yield Advance(a, a + length - 1, tuple(range(a + 1, a + length - 1)))
+        yield Advance(a, a + length - 1, range(a + 1, a + length - 1))
         yield ForwardBackward(a + length - 1)
         for b in range(a + length - 2, a, -1):
             yield ForwardBackward(b)
@@ -160,6 +159,21 @@ def _reverse_run(a: int, length: int, stored: bool) -> Iterator[Action]:
 
 def store_all(n: int = 1) -> Iterator[Action]:
     """Plain BPTT: the whole sequence is one block, run once with grad.
+
+    Parameters
+    ----------
+    n : int, default 1
+        Number of blocks; must be 1.
+
+    Returns
+    -------
+    iterator of Action
+        ``ForwardBackward(0)``, ``Free(0)``.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``n`` other than 1.
 
     Examples
     --------
@@ -178,6 +192,22 @@ def blocks(n: int) -> Iterator[Action]:
 
     Holds ``max(1, n - 1)`` stored states (the initial state included) and makes ``2n - 1``
     forward evaluations.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks, at least 1.
+
+    Returns
+    -------
+    iterator of Action
+        Generated lazily; the first action's ``save`` of ``n - 2`` boundaries is a run
+        (`vlrnn_planner.actions.BoundaryRuns`) when long.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``n`` is below 1.
 
     Examples
     --------
@@ -284,10 +314,9 @@ def _multilevel(n: int, levels: tuple[int, ...]) -> Iterator[Action]:
         count = -(-length // size)
         last_start = a + (count - 1) * size
         last = a + length - last_start
-        save = list(range(a + size, last_start, size))
-        if last > 1:
-            save.append(last_start)
-        yield Advance(a, last_start, tuple(save))
+        # The starts of the full pieces after the first, and of the last piece unless it is one
+        # block (run from the working state).
+        yield Advance(a, last_start, range(a + size, last_start + (1 if last > 1 else 0), size))
         stack.append(("pieces", a, size, count - 2, depth + 1))
         stack.append(("segment", last_start, last, depth + 1, last > 1))
 
@@ -516,6 +545,17 @@ def chain_dp_work(n: int, checkpoints: int) -> int:
 
     ``sum over s = 1..c, l = s+2..n of (n - l + 1) (l - 1)``: a planner's guard on the DP's time.
 
+    Parameters
+    ----------
+    n : int
+        Number of blocks.
+    checkpoints : int
+        Most stored states.
+
+    Returns
+    -------
+    int
+
     Examples
     --------
     >>> chain_dp_work(4, 2), chain_dp_work(4, 3), chain_dp_work(200, 3) < 4 * 10**6
@@ -620,7 +660,27 @@ def chain_splits(advance_seconds: Sequence[float], checkpoints: int) -> tuple[fl
 
 
 def check_splits(n: int, checkpoints: int, splits: Any) -> tuple[int, ...]:
-    """``splits`` as a tuple of ints that `binomial_splits` can walk, or InvalidInputError saying why."""
+    """``splits`` as a tuple of ints that `binomial_splits` can walk.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks.
+    checkpoints : int
+        Most stored states the splits were computed for.
+    splits : sequence of int
+        Split points in the order `binomial_splits` consumes them, ``n - 1`` of them.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    InvalidInputError
+        Saying which split is wrong and why: not an int, outside its range, or storing a state
+        where no slot is left.
+    """
     n = _check_blocks(n)
     c = _check_checkpoints(checkpoints)
     hint = "use the splits that vlrnn_planner.strategies.chain_splits returns"
@@ -665,6 +725,26 @@ def binomial_splits(n: int, checkpoints: int, splits: Sequence[int]) -> Iterator
     (storing it unless one block remains after it), reverse ``m .. j-1`` with ``s - 1`` slots,
     then ``i .. m-1`` with ``s``. Never more than ``checkpoints`` stored states for valid splits
     (`check_splits`); consecutive advances are merged.
+
+    Parameters
+    ----------
+    n : int
+        Number of blocks, at least 1.
+    checkpoints : int
+        Most stored states, at least 1.
+    splits : sequence of int
+        The split points, as `chain_splits` returns them.
+
+    Returns
+    -------
+    iterator of Action
+        Generated lazily.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``n`` or ``checkpoints`` below 1, or (while walking) splits that run out or leave
+        their range.
 
     Examples
     --------
@@ -809,6 +889,20 @@ def generate(schedule: Any) -> Iterator[Action]:
 
     Uses ``schedule.strategy``, ``schedule.num_blocks``, and ``schedule.checkpoints`` (binomial,
     with ``schedule.splits`` for `binomial_splits` where set) or ``schedule.levels`` (multilevel).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule.
+
+    Returns
+    -------
+    iterator of Action
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown strategy or an invalid parameter of it.
 
     Examples
     --------

@@ -8,6 +8,7 @@ any depth, ``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``, custom sequence modu
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from vlrnn_planner.backends import Result, SequenceShape
 from vlrnn_planner.errors import InvalidTypeError
 
 from .cells import SequenceModule, StepCell, adapt
+from .devices import is_out_of_memory
 from .executor import run_schedule
 from .profiler import profile_cell
 from .sequences import make_view
@@ -36,11 +38,30 @@ class TorchBackend:
     def accepts(self, cell: Any) -> bool:
         return isinstance(cell, nn.Module)
 
+    def __init__(self) -> None:
+        self._headroom: int | None = None
+
     def is_out_of_memory(self, exc: BaseException) -> bool:
-        """Whether ``exc`` says the device ran out of memory (CUDA, or the CPU allocator)."""
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-        return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+        """Whether ``exc`` says the device ran out of memory (`vlrnn_torch.devices.is_out_of_memory`)."""
+        return is_out_of_memory(exc)
+
+    def _record_headroom(self, headroom: int) -> None:
+        self._headroom = headroom
+
+    def release_memory(self) -> int | None:
+        """After a call ran out of memory: free what it left (garbage, the CUDA allocator's cache)
+        and return how many bytes more it could have grown by, as the allocator saw it when it
+        failed (None where the device does not say: the CPU).
+
+        Returns
+        -------
+        int or None
+        """
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        headroom, self._headroom = self._headroom, None
+        return headroom
 
     def _prepare(self, cell, inputs, *, targets, loss_fn, state, final_loss_fn, time_dim):
         adapter = adapt(cell)
@@ -57,9 +78,10 @@ class TorchBackend:
     def inspect(self, cell, inputs, **kwargs) -> SequenceShape:
         """Validate a call before any work; return its sequence's shape."""
         _, view = self._prepare(cell, inputs, **kwargs)
-        return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes)
+        return SequenceShape(view.seq_len, view.batch_size, view.batch_sizes,
+                             input_gradients=view.slices.require_grad)
 
-    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, **kwargs) -> Result:
+    def execute(self, schedule, cell, inputs, *, scaler=None, progress=None, verify=True, overlap=None, **kwargs) -> Result:
         """Carry out ``schedule`` on ``cell``; see `vlrnn_planner.backward`."""
         if scaler is not None and not callable(getattr(scaler, "scale", None)):
             raise InvalidTypeError(
@@ -77,4 +99,6 @@ class TorchBackend:
             scaler=scaler,
             progress=progress,
             verify=verify,
+            on_out_of_memory=self._record_headroom,
+            overlap=bool(getattr(schedule, "overlap", False)) if overlap is None else overlap,
         )

@@ -136,15 +136,45 @@ class Reads(TorchFunctionMode):
         self._seen.clear()
 
 
-class RandomDraws(TorchDispatchMode):
-    """Counts the random numbers drawn while active: the elements of every output of an operator
-    tagged ``nondeterministic_seeded`` (dropout, bernoulli, rand, randn, ...).
+# Torch functions that may draw random numbers, by name. Only these run under the counting
+# dispatch mode: under a dispatch mode the composite kernels of everything else (nn.LSTM's) would
+# be decomposed into their parts, slower and with more memory.
+RANDOM_FUNCTIONS = frozenset(
+    "dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout alpha_dropout_ feature_dropout "
+    "feature_alpha_dropout feature_alpha_dropout_ native_dropout fused_dropout bernoulli bernoulli_ rand "
+    "randn randint rand_like randn_like randint_like randperm normal normal_ uniform_ random_ "
+    "exponential_ geometric_ cauchy_ log_normal_ multinomial poisson rrelu rrelu_ gumbel_softmax".split()
+)
+
+
+class _Count(TorchDispatchMode):
+    """Counts the elements of every output of an operator tagged ``nondeterministic_seeded``."""
+
+    def __init__(self, owner: RandomDraws) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(first, torch.Tensor):
+                self.owner.count += first.numel()
+        return out
+
+
+class RandomDraws(TorchFunctionMode):
+    """Counts the random numbers drawn while active by torch functions that may draw them
+    (dropout, bernoulli, rand, randn, ...: `RANDOM_FUNCTIONS`), as the elements their random
+    operators produce. Random draws inside other composite kernels (``nn.LSTM``'s dropout) are not
+    seen.
 
     Examples
     --------
     >>> import torch
     >>> with RandomDraws() as draws:
     ...     _ = torch.nn.functional.dropout(torch.ones(4, 5), 0.5, training=True)
+    ...     _ = torch.nn.functional.dropout(torch.ones(4, 5), 0.5, training=False)
     >>> draws.count
     20
     """
@@ -153,10 +183,9 @@ class RandomDraws(TorchDispatchMode):
         super().__init__()
         self.count = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):
-            first = out[0] if isinstance(out, (tuple, list)) else out
-            if isinstance(first, torch.Tensor):
-                self.count += first.numel()
-        return out
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in RANDOM_FUNCTIONS:
+            with _Count(self):
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)

@@ -349,10 +349,55 @@ def _packed_data(out: Any) -> Any:
     return tree_map(lambda o: o.data if isinstance(o, PackedSequence) else o, out, packed_leaves=True)
 
 
+# NOTE [ cuDNN sequence length ]
+# cuDNN refuses an RNN call over more than 65,535 steps (CUDNN_STATUS_NOT_SUPPORTED; see
+# pytorch/pytorch#133751), and a plan may make a block that long (plain BPTT over a long sequence
+# is one block). Such a block is run as several calls of at most 65,535 steps each, the state
+# carried from one to the next: the same computation (nn.RNN/LSTM/GRU do nothing once per call),
+# in both passes alike.
+CUDNN_MAX_STEPS = 65535
+
+
+def _step_limit(x: torch.Tensor) -> int | None:
+    """The most steps one call may run over ``x`` (NOTE [ cuDNN sequence length ]); None: any."""
+    if x.is_cuda and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
+        return CUDNN_MAX_STEPS
+    return None
+
+
 class _RNNAdapter(Adapter):
-    """nn.RNN / nn.LSTM / nn.GRU: a 2-D input is one unbatched sequence whatever batch_first says."""
+    """nn.RNN / nn.LSTM / nn.GRU: a 2-D input is one unbatched sequence whatever batch_first says;
+    blocks longer than cuDNN takes are run in pieces (NOTE [ cuDNN sequence length ])."""
 
     kind = "rnn"
+
+    def run(self, x_block: Any, state: Any, time_dim: int, *, bare: bool = False) -> tuple[Any, Any]:
+        limit = _step_limit(x_block)
+        steps = x_block.size(time_dim)
+        if limit is None or steps <= limit:
+            return super().run(x_block, state, time_dim, bare=bare)
+        outs = []
+        for start in range(0, steps, limit):
+            out, state = super().run(x_block.narrow(time_dim, start, min(limit, steps - start)), state, time_dim, bare=bare)
+            outs.append(out)
+        return torch.cat(outs, time_dim), state
+
+    def run_packed(self, data: Any, batch_sizes: torch.Tensor, state: Any, *, bare: bool = False) -> tuple[Any, Any]:
+        limit = _step_limit(data)
+        steps = batch_sizes.numel()
+        if limit is None or steps <= limit:
+            return super().run_packed(data, batch_sizes, state, bare=bare)
+        outs, offset = [], 0
+        for start in range(0, steps, limit):
+            sizes = batch_sizes[start : start + limit]
+            rows = int(sizes.sum())
+            out, state = run_on_leading_rows(
+                lambda active: super(_RNNAdapter, self).run_packed(data[offset : offset + rows], sizes, active, bare=bare),
+                state, self.state_batch_dim, int(sizes[0]),
+            )
+            outs.append(out)
+            offset += rows
+        return torch.cat(outs, 0), state
 
     def resolve_time_dim(self, given: int | None, ndim: int) -> int:
         if ndim == 2:

@@ -64,8 +64,10 @@ from vlrnn_planner.errors import (
 )
 
 from .capture import Reads, sequence_marker
+from .devices import is_out_of_memory
 from .cells import Adapter
 from .effects import BufferReplay, GradStash, ParametrizationCache, check_module_hooks, hooks_of
+from .overlap import Lookahead, Overlap
 from .probe import check_per_call_effects, tolerance
 from .rng import RNGState, devices_of
 from .tree import flatten, tree_map, unflatten
@@ -148,7 +150,7 @@ class _Run:
     def __init__(self, schedule: Any, adapter: Adapter, view: Any, *, loss_fn: Any, final_loss_fn: Any,
                  scaler: Any, progress: Any, initial: _Boundary, cuda_devices: tuple[int, ...],
                  stash: GradStash, buffers: BufferReplay, reads: Reads, parametrizations: ParametrizationCache,
-                 verify: bool, sync: bool, observer: Observer | None, own: set[int]) -> None:
+                 verify: bool, sync: bool, own: set[int]) -> None:
         self.schedule = schedule
         self.adapter = adapter
         self.view = view
@@ -163,14 +165,16 @@ class _Run:
         self.parametrizations = parametrizations
         self.verify = verify
         self.sync = sync
-        self.observer = observer
         self.own = own
         self.block_own: set[int] = set()
         self.last = schedule.num_blocks - 1
         self.stored: dict[int, _Boundary] = {0: initial}
         self.working: tuple[int, _Boundary] | None = None
         self.delta: list[torch.Tensor | None] | None = None
-        self.next_block = self.last
+        self.next_block = self.last  # the next block to backpropagate
+        self.next_forward = self.last  # the next block to re-run with grad (ahead with overlap)
+        self.ahead: dict[int, _Forward] = {}  # blocks re-run with grad ahead of their backward
+        self.overlap: Overlap | None = None  # NOTE [ Overlapping recomputation with backward ]
         self.total_loss: torch.Tensor | None = None
         self.final_state: Any = None
         self.loss_rng: RNGState | None = None
@@ -261,6 +265,8 @@ def _advance(action: Advance, run: _Run) -> None:
         for b in range(action.start, action.stop):
             if b > action.start:
                 RNGState.enter(run.cuda_devices)  # NOTE [ RNG replay ]
+            if b + 1 < run.schedule.num_blocks:
+                run.view.slices.prefetch(*run.schedule.block_steps(b + 1))  # NOTE [ Inputs on the host ]
             _, state = run.view.run(*run.schedule.block_steps(b), state)
             if b + 1 in saves:
                 run.stored[b + 1] = run.boundary(state)
@@ -292,13 +298,60 @@ def _block_input(run: _Run, b: int, source: _Boundary) -> tuple[Any, list[torch.
     return unflatten(spec, inputs), inputs
 
 
+@dataclass(slots=True)
+class _Forward:
+    """A block run with grad, its backward still to come."""
+
+    block: int
+    loss: torch.Tensor | None  # the block's loss, for the total
+    root: torch.Tensor | None  # what is backpropagated: the loss, scaled by a GradScaler
+    state_out: Any
+    inputs_in: list[torch.Tensor | None]
+    pieces: list[Any]  # the input slices whose gradients go into the buffers
+    discovered: list[torch.Tensor]  # leaves first read by this block
+
+
 def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
+    _backward_phase(run, run.ahead.pop(action.block, None) or _forward_phase(run, action))
+    _report(run)
+
+
+def _report(run: _Run) -> None:
+    if run.progress is not None:
+        run.progress(run.last - run.next_block, run.last + 1)
+
+
+def _forward_backward_overlapped(action: ForwardBackward, run: _Run, actions: Lookahead) -> None:
+    """Block ``b``'s backward on the worker while block ``b - 1`` re-runs with grad here, where
+    the schedule runs them in a row (NOTE [ Overlapping recomputation with backward ])."""
+    b, overlap = action.block, run.overlap
+    forward = run.ahead.pop(b, None)
+    if forward is None:
+        with overlap.forward_on(b):
+            forward = _forward_phase(run, action)
+    following = actions.peek_past_frees()
+    pending = overlap.backward_elsewhere(lambda: _backward_phase(run, forward), b, run.delta)
+    if isinstance(following, ForwardBackward) and following.block == b - 1 and b - 1 in run.stored:
+        try:
+            with overlap.forward_on(b - 1):
+                run.ahead[b - 1] = _forward_phase(run, following)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                pending.result()
+            raise
+    pending.result()
+    _report(run)
+
+
+def _forward_phase(run: _Run, action: ForwardBackward) -> _Forward:
+    """Re-run block ``action.block`` with grad from its input state, and its loss."""
     b = action.block
-    if b != run.next_block:
+    if b != run.next_forward:
         raise ScheduleError(
             f"vlrnn_planner: {action!r} comes out of order; blocks are backpropagated last to first "
-            f"and block {run.next_block} is next"
+            f"and block {run.next_forward} is next"
         )
+    run.next_forward -= 1
     source = run.state_at(b, action)
     expect, run.expect = run.expect, (
         None if source.fingerprint is None else (source.fingerprint, _state_dtypes(source.state))
@@ -309,6 +362,8 @@ def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
     state_in, inputs_in = _block_input(run, b, source)
     source.rng.restore()
     run.buffers.restore(source.buffers)
+    if b > 0:
+        run.view.slices.prefetch(*run.schedule.block_steps(b - 1))  # NOTE [ Inputs on the host ]
     run.reads.begin_block()
     with torch.enable_grad():
         # A compiled cell is not watched: dynamo cannot trace through the mode (NOTE [ Tensors
@@ -337,36 +392,42 @@ def _run_block_with_grad(action: ForwardBackward, run: _Run) -> None:
                 loss = extra if loss is None else loss + extra
             run.final_state = tree_map(lambda t: t.detach(), final)
             del final
+        root = loss if loss is None or not loss.requires_grad or run.scaler is None else run.scaler.scale(loss)
     run.parametrizations.prune()
     run.record_mismatch(b, state_out, expect)
+    return _Forward(b, loss, root, state_out, inputs_in, run.view.slices.take_pending(), list(run.reads.discovered))
+
+
+def _backward_phase(run: _Run, forward: _Forward) -> None:
+    """Backpropagate a block's loss and the delta at its output state in one traversal."""
+    b = forward.block
     roots: list[torch.Tensor] = []
     grads: list[torch.Tensor | None] = []
-    if loss is not None and loss.requires_grad:
-        roots.append(loss if run.scaler is None else run.scaler.scale(loss))
+    if forward.root is not None and forward.root.requires_grad:
+        roots.append(forward.root)
         grads.append(None)
     if run.delta is not None:
-        out_leaves, _ = flatten(state_out)
+        out_leaves, _ = flatten(forward.state_out)
         for t, d in zip(out_leaves, run.delta):
             if d is not None and t is not None and t.requires_grad:
                 roots.append(t)
                 grads.append(d)
-    del state_out
-    run.stash.add(run.reads.discovered)  # NOTE [ Failure atomicity ]: before their first gradient
+    forward.state_out = None
+    run.stash.add(forward.discovered)  # NOTE [ Failure atomicity ]: before their first gradient
     if b == 0 and run.sync:
         run.stash.merge(list(run.adapter.cell.parameters()))  # NOTE [ DistributedDataParallel ]
     if roots:
         torch.autograd.backward(roots, grads)  # NOTE [ One traversal per block ]
     del roots, grads
-    run.view.slices.collect()
+    run.view.slices.collect(forward.pieces)
+    inputs_in = forward.inputs_in
     run.delta = [t.grad if t is not None and t.requires_grad else None for t in inputs_in] if b > 0 else None
-    if loss is not None:
-        value = loss.detach()
+    if forward.loss is not None:
+        value = forward.loss.detach()
         run.total_loss = value if run.total_loss is None else run.total_loss + value
     run.working = None
     run.next_block -= 1
     run.forward_evaluations += 1
-    if run.progress is not None:
-        run.progress(run.last - run.next_block, run.last + 1)
 
 
 @_apply.register
@@ -466,6 +527,8 @@ def run_schedule(
     verify: bool = True,
     keep: bool = True,
     observer: Observer | None = None,
+    on_out_of_memory: Callable[[int], None] | None = None,
+    overlap: bool = False,
 ) -> Result:
     """Carry out ``schedule``; see `vlrnn_planner.backward` for the contract.
 
@@ -488,6 +551,12 @@ def run_schedule(
         (the profiler measures real calls that way).
     observer : callable, optional
         ``observer(action, "before" | "after")`` around every action.
+    on_out_of_memory : callable, optional
+        Called with the bytes the call could still have grown by on its CUDA device when it ran
+        out of memory (the allocator's view at the failure), before its tensors are let go.
+    overlap : bool, default False
+        Backpropagate each block while the next one re-runs with grad, where that can be kept
+        exact (NOTE [ Overlapping recomputation with backward ]).
 
     Returns
     -------
@@ -523,6 +592,8 @@ def run_schedule(
         cuda_devices = devices_of([*adapter.cell.parameters(), *inputs, *state_leaves])
     stash = GradStash()
     rng_before = RNGState.capture(cuda_devices)
+    home = view.device if view.device is not None and view.device.type == "cuda" else None
+    allocated_before = torch.cuda.memory_allocated(home) if home is not None else 0
     buffers = BufferReplay(adapter.inner)
     parametrizations = ParametrizationCache(
         [] if adapter.kind == "step" or adapter.ddp is not None
@@ -552,16 +623,23 @@ def run_schedule(
         reads = Reads(sequence_marker(), lambda t: run is not None and run.is_own(t))
         run = _Run(schedule, adapter, view, loss_fn=loss_fn, final_loss_fn=final_loss_fn, scaler=scaler,
                    progress=progress, initial=initial, cuda_devices=cuda_devices, stash=stash, buffers=buffers,
-                   reads=reads, parametrizations=parametrizations, verify=verify, sync=sync,
-                   observer=observer, own=own)
-        for action in schedule.actions:
+                   reads=reads, parametrizations=parametrizations, verify=verify, sync=sync, own=own)
+        if overlap and not buffers and adapter.ddp is None and not adapter.compiled and observer is None:
+            run.overlap = Overlap(view.device)
+        actions = Lookahead(schedule.actions, lambda a: isinstance(a, Free))
+        for action in actions:
             if observer is not None:
                 observer(action, "before")
-            _apply(action, run)
+            if run.overlap is not None and isinstance(action, ForwardBackward):
+                _forward_backward_overlapped(action, run, actions)
+            else:
+                _apply(action, run)
             if observer is not None:
                 observer(action, "after")
         if run.next_block != -1:
             raise ScheduleError(f"vlrnn_planner: the schedule ended with block {run.next_block} not backpropagated")
+        if run.overlap is not None:
+            run.overlap.finish()
         if hook is not None:
             hook.remove()
             hook = None
@@ -573,7 +651,11 @@ def run_schedule(
                 "state that the loss depends on), so no gradient can flow, as loss.backward() would "
                 "complain; check that the parameters require grad and that loss_fn uses the outputs"
             )
-    except BaseException:
+    except BaseException as exc:
+        if run is not None and run.overlap is not None:
+            run.overlap.finish()
+        if home is not None and on_out_of_memory is not None and is_out_of_memory(exc):
+            on_out_of_memory(torch.cuda.memory_allocated(home) - allocated_before + torch.cuda.mem_get_info(home)[0])
         stash.rollback()
         if hook is not None:
             hook.remove()

@@ -1,193 +1,114 @@
 """Profile a torch cell on its device: the memory and time numbers of a `CellProfile`.
 
-The cell is run over blocks at two block lengths and two batch sizes, so that what grows with
-steps x sequences separates from what is fixed per block, and what grows with the batch from what
-does not. Each point is run without grad (an advance) and with grad plus its backward (a block's
-forward-backward), timed, and measured for memory:
+The profile is measured, fitted and described in three steps (`_measure`, `_fit_time` and
+`_fit_memory`, `_describe`), each on plain data.
 
-- CUDA: ``torch.cuda.reset_peak_memory_stats`` / ``max_memory_allocated`` around each run; NVML
-  (the ``pynvml`` module of nvidia-ml-py) for the device's name, total and free memory and this
-  process's whole footprint, context included.
-- CPU: NOTE [ CPU memory ].
+NOTE [ Profiling runs what the executor runs ]
+----------------------------------------------
+Every measurement is a real call of the executor (`vlrnn_torch.executor.run_schedule`, with
+``keep=False`` so that it leaves no gradient, RNG draw or buffer change behind) over a schedule
+of two blocks: ``Advance(0, 1)``, ``ForwardBackward(1)``, ``ForwardBackward(0)``. An observer
+times, and measures the memory of, the ``Advance`` (a block without grad) and ``ForwardBackward(0)``
+(a block with grad that also takes a gradient at its output state: the typical block), so the
+numbers include what the executor does around the cell: leaves for the state, RNG replay,
+accumulation into the gradients the first block made.
+
+NOTE [ Profile at the shapes that will run ]
+--------------------------------------------
+Blocks are measured at the batch that will run (``batch_size=``, else the example's batch, else
+32 for built-in cells) and at a quarter of it, at 16 and 64 steps: the fit
+``K * (a + b * B) + c`` separates what grows with the batch from what does not. The cost of a step
+also changes with the block length (activations outgrow the caches, fresh memory is faulted in),
+so blocks of 256 steps, and 4 times longer while a block takes under 0.3 s, are timed at the full
+batch too, and the ratio to the fit is kept as `CellProfile.step_time_scale`.
+
+NOTE [ Noisy profiles ]
+-----------------------
+Each point is timed ``REPEATS`` times and the fastest run is kept. Where the runs of a point lie
+more than `TIMING_SPREAD_LIMIT` apart (another process shared the device), the point is timed up to
+``EXTRA_REPEATS`` more times and the spread recomputed over its ``REPEATS`` fastest runs. What
+spread remains is kept as `CellProfile.timing_spread`; a profile over the limit says so in its
+summary and in every plan made from it.
 
 NOTE [ CPU memory ]
 -------------------
 The CPU has no allocator statistics, so two measures are combined. Saved-tensor accounting
 (``torch.autograd.graph.saved_tensors_hooks``, counting the unique storages a block saves for
 backward, plus its outputs) is exact about what autograd holds, but not about what the process
-holds: for ``nn.LSTM`` on CPU it counts about 1.5x the real growth. So each run is also measured
-by the kernel's peak resident set: release freed heap pages (``malloc_trim``), reset the peak
-(write ``5`` to ``/proc/self/clear_refs``), note ``VmRSS``, run, read ``VmHWM`` from
-``/proc/self/status``. The growth so measured calibrates the accounting: the profile keeps the
-measured slope per step and sequence (and its fixed part per block) where the growth is large
-enough to measure, the accounting otherwise, and says which in ``measured_by`` and ``notes``.
-Gradients of the parameters are left out of a block's activations (the cost model counts them
-once on their own).
+holds: for ``nn.LSTM`` on CPU it counts about 1.5x the real growth. So a longer call is also
+measured by the kernel's peak resident set (`vlrnn_torch.devices.ResidentPeak`): four blocks at
+the largest block length and at twice that, three of them advanced without grad first as the
+executor does. The growth so measured calibrates the accounting: the profile keeps the measured
+slope per step and sequence (and its fixed part per block) where the growth is large enough to
+measure, the accounting otherwise, and says which in ``measured_by`` and ``notes``.
 
-The profiler never touches the cell's ``.grad``: gradients are taken with ``torch.autograd.grad``.
+NOTE [ CPU allocator overhead ]
+-------------------------------
+On CPU the tensors of a block come from glibc's heap. A training step alternates blocks without
+grad (few, large outputs) and blocks with grad (many per-step tensors freed in reverse), and the
+heap keeps freed memory in fragments that the next block cannot always reuse, so the resident set
+grows beyond what the tensors need. In fresh processes (benchmarks/bench_memory.py) this came to a
+nearly fixed 38-45 MB for an LSTM 2 x 256 at batch 32 (K = 109..667) and an LSTM 2 x 128 at batch 8
+(K = 513), while the growth per step and sequence matched the saved-tensor accounting. A process
+that is already warm cannot see it (its heap has resident free pages), so it is not measured here:
+the planner counts this upper end on CPU.
+
+NOTE [ GPU memory as reserved ]
+-------------------------------
+A budget is what the process may take on the device, and the caching allocator takes more than
+the tensors it hands out: whole segments, sizes rounded up, fragments it cannot reuse, and the
+workspaces cuDNN and cuBLAS ask for. Each block measured on a GPU starts from an empty cache, and
+counts the larger of what it allocated and what the allocator reserved meanwhile. Gradients are
+accumulated as a real call accumulates them (the first block makes them, the measured one adds).
+
+NOTE [ Profiling leaves the cell as it was ]
+--------------------------------------------
+Parameters, buffers, training modes, ``.grad``, hooks (taken off while profiling) and the RNG are
+put back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from vlrnn_planner.actions import Advance, ForwardBackward
 from vlrnn_planner.budget import format_bytes
 from vlrnn_planner.errors import InvalidInputError, InvalidTypeError
-from vlrnn_planner.profile import CellProfile
+from vlrnn_planner.profile import TIMING_SPREAD_LIMIT, CellProfile
+from vlrnn_planner.schedule import Schedule
 
-from .cells import adapt
+from .cells import Adapter, adapt
+from .devices import NvmlInfo, ResidentPeak, cpu_name, gpu_memory, host_memory, query_nvml
 from .effects import BufferReplay, GradStash
+from .executor import run_schedule
+from .sequences import make_view
 from .tree import flatten, unflatten
 
 __all__ = ["profile_cell", "query_nvml", "NvmlInfo"]
 
-# The grid: block lengths and, for built-in cells, batch sizes. Large enough for the CPU's peak
-# resident set to resolve the growth, small enough to profile a 2 x 256 LSTM in about a second.
-BLOCK_LENGTHS = (16, 64)
+BLOCK_LENGTHS = (16, 64)  # the linear fit (NOTE [ Profile at the shapes that will run ])
+SCALE_LENGTHS = (256, 1024, 4096)  # timed for the scale factors while a block stays fast
+SCALE_TIME_LIMIT = 0.3  # seconds: no longer block length is timed once a block takes this
 BUILTIN_BATCH = 32
 MIN_MEASURABLE_GROWTH = 4 * 2**20  # below this, the CPU's resident set is too noisy to calibrate
 REPEATS = 2
+EXTRA_REPEATS = 3
+CPU_ALLOCATOR_OVERHEAD_BYTES = 48 * 2**20  # NOTE [ CPU allocator overhead ]
 
-# NOTE [ CPU allocator overhead ]
-# On CPU the tensors of a block come from glibc's heap. A training step alternates blocks without
-# grad (few, large outputs) and blocks with grad (many per-step tensors freed in reverse), and the
-# heap keeps freed memory in fragments that the next block cannot always reuse, so the resident
-# set grows beyond what the tensors need. In fresh processes (benchmarks/bench_memory.py) this
-# came to a nearly fixed 38-45 MB per step for an LSTM 2 x 256 at batch 32 (K = 109..667) and an
-# LSTM 2 x 128 at batch 8 (K = 513), while the growth per step and sequence matched the
-# saved-tensor accounting. A process that is already warm cannot see it (its heap has resident
-# free pages), so it is not measured here: the planner counts this upper end on CPU.
-CPU_ALLOCATOR_OVERHEAD_BYTES = 48 * 2**20
+# The old private name of the CPU's resident-set reading (kept for the benchmarks that use it).
+_ResidentPeak = ResidentPeak
 
 
 # ---------------------------------------------------------------------------------------------
-# NVML
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NvmlInfo:
-    """What NVML reports about one GPU and this process on it."""
-
-    name: str
-    total_bytes: int
-    free_bytes: int
-    process_bytes: int | None
-
-
-def query_nvml(index: int = 0, *, uuid: str | None = None) -> NvmlInfo | str:
-    """The device's name, total and free memory, and this process's footprint on it, from NVML.
-
-    Parameters
-    ----------
-    index : int
-        The NVML index of the device (used when ``uuid`` is not given or not found).
-    uuid : str, optional
-        The device's UUID (``"GPU-..."``), which survives ``CUDA_VISIBLE_DEVICES`` renumbering.
-
-    Returns
-    -------
-    NvmlInfo or str
-        The numbers, or a sentence saying why NVML gave none (not installed, no driver).
-    """
-    try:
-        import pynvml
-    except ImportError:
-        return "NVML unavailable (the nvidia-ml-py package is not installed)"
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # pynvml.NVMLError subclasses, or OSError from the loader
-        return f"NVML unavailable ({type(e).__name__}: {e})"
-    try:
-        handle = None
-        if uuid is not None:
-            try:
-                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            except Exception:
-                handle = None
-        if handle is None:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = pynvml.nvmlDeviceGetName(handle)
-        if isinstance(name, bytes):
-            name = name.decode()
-        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        process_bytes = None
-        try:
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    process_bytes = int(proc.usedGpuMemory)
-        except Exception:
-            process_bytes = None
-        return NvmlInfo(str(name), int(memory.total), int(memory.free), process_bytes)
-    except Exception as e:
-        return f"NVML query failed ({type(e).__name__}: {e})"
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU peak resident memory
-# ---------------------------------------------------------------------------------------------
-
-
-class _ResidentPeak:
-    """Peak resident-set growth of a piece of work, from /proc (Linux); unavailable elsewhere."""
-
-    def __init__(self) -> None:
-        self.why_not: str | None = None
-        self._trim: Callable[[int], int] | None = None
-        try:
-            self._trim = ctypes.CDLL(None).malloc_trim  # glibc: return freed heap pages
-        except (OSError, AttributeError):
-            self._trim = None
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self._status()
-        except OSError as e:
-            self.why_not = f"/proc/self/clear_refs or /proc/self/status unavailable ({e.strerror})"
-
-    @property
-    def available(self) -> bool:
-        return self.why_not is None
-
-    @staticmethod
-    def _status() -> dict[str, int]:
-        found = {}
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":")
-                    found[key] = int(value.split()[0]) * 1024
-        return found
-
-    def start(self) -> int:
-        if self._trim is not None:
-            self._trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return self._status()["VmRSS"]
-
-    def peak(self) -> int:
-        return self._status()["VmHWM"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Examples of inputs, states and targets at any block length and batch size
+# Set-up: what to run, where, on what
 # ---------------------------------------------------------------------------------------------
 
 
@@ -201,10 +122,147 @@ def _resize(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return t.repeat(*reps).narrow(dim, 0, size).contiguous()
 
 
+def _sum_loss(outputs: Any, targets: Any) -> torch.Tensor:
+    """The loss profiled without a ``loss_fn``: the sum of the outputs (so they take a gradient)."""
+    leaves = [t for t in flatten(outputs, packed_leaves=True)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return sum(t.sum() for t in leaves)
+
+
+@dataclass
+class _Setup:
+    """What the profiler runs: the adapter, device and dtype, and example data of any shape."""
+
+    cell: nn.Module
+    adapter: Adapter
+    device: torch.device
+    dtype: torch.dtype
+    time_dim: int
+    batch: int
+    loss_fn: Any
+    x0: torch.Tensor | None
+    y0: torch.Tensor | None
+    state0: Any
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def batch_dim(self) -> int:
+        return 1 if self.time_dim == 0 else 0
+
+    def batches(self) -> tuple[int, int]:
+        """The two batch sizes measured: a quarter of the batch that will run, and that batch."""
+        high = max(self.batch, 4)
+        return max(1, high // 4), high
+
+    def inputs(self, k: int, b: int) -> torch.Tensor:
+        if self.x0 is None:
+            shape = [0, 0, self.adapter.inner.input_size]
+            shape[self.time_dim] = k
+            shape[self.batch_dim] = b
+            return torch.randn(shape, device=self.device, dtype=self.dtype)
+        return _resize(_resize(self.x0, self.time_dim, k), self.batch_dim, b)
+
+    def targets(self, k: int, b: int) -> torch.Tensor | None:
+        if self.y0 is None:
+            return None
+        return _resize(_resize(self.y0, self.time_dim, k), self.batch_dim, b)
+
+    def state(self, b: int) -> Any:
+        if self.state0 is None:
+            return self._default_state(b)
+        leaves, spec = flatten(self.state0)
+        out = []
+        for t in leaves:
+            if t is None:
+                out.append(None)
+                continue
+            dims = [d for d in range(t.dim()) if t.size(d) == self.batch]
+            dim = self.adapter.state_batch_dim if self.adapter.state_batch_dim in dims else (dims[0] if dims else None)
+            out.append(t.detach().to(self.device) if dim is None else _resize(t.detach().to(self.device), dim, b))
+        return unflatten(spec, out)
+
+    def _default_state(self, b: int) -> Any:
+        m = self.adapter.inner
+        z = dict(device=self.device, dtype=self.dtype)
+        if isinstance(m, nn.RNNBase):
+            layers = m.num_layers * (2 if m.bidirectional else 1)
+            out = m.proj_size if getattr(m, "proj_size", 0) else m.hidden_size
+            h = torch.zeros(layers, b, out, **z)
+            return (h, torch.zeros(layers, b, m.hidden_size, **z)) if isinstance(m, nn.LSTM) else h
+        if isinstance(m, nn.RNNCellBase):
+            h = torch.zeros(b, m.hidden_size, **z)
+            return (h, torch.zeros(b, m.hidden_size, **z)) if isinstance(m, nn.LSTMCell) else h
+        return None  # a custom cell without a given state: its own default
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+def _setup(cell: Any, example_input: Any, state: Any, loss_fn: Any, example_target: Any, device: Any,
+           time_dim: int | None, batch_size: int | None) -> _Setup:
+    """Check the arguments and make the `_Setup`."""
+    if not isinstance(cell, nn.Module):
+        raise InvalidTypeError(f"vlrnn_torch: cell must be a torch.nn.Module, got {type(cell).__name__}")
+    adapter = adapt(cell)
+    builtin = adapter.kind == "rnn" or isinstance(adapter.inner, nn.RNNCellBase)
+    if example_input is None and not builtin:
+        raise InvalidInputError(
+            f"vlrnn_torch: cannot make example inputs for a {adapter.name}; pass example_input= (a "
+            "block of inputs with its time axis, e.g. shape (T, B, features), or (B, T) token ids "
+            "with time_dim=1) and, if the cell needs one, state= to auto_plan / profile_cell"
+        )
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise InvalidTypeError(
+            f"vlrnn_torch: example_input must be a tensor, got {type(example_input).__name__}; the "
+            "profiler takes dense blocks (pad packed sequences for profiling)"
+        )
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InvalidInputError(f"vlrnn_torch: batch_size must be an int >= 1, got {batch_size!r}")
+    params = list(cell.parameters())
+    home = params[0].device if params else (
+        example_input.device if isinstance(example_input, torch.Tensor) else torch.device("cpu"))
+    dev = home if device is None else torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if params and dev != home:
+        raise InvalidInputError(
+            f"vlrnn_torch: asked to profile on {dev} but the cell's parameters are on {home}; "
+            f"move the cell first with cell.to({str(dev)!r}), or leave device= out"
+        )
+    floating = [p for p in params if p.is_floating_point()]
+    dtype = floating[0].dtype if floating else (
+        example_input.dtype if isinstance(example_input, torch.Tensor) and example_input.is_floating_point()
+        else torch.get_default_dtype())
+    ndim = example_input.dim() if example_input is not None else 3
+    tdim = adapter.resolve_time_dim(time_dim, ndim)
+    if example_input is not None and adapter.batch_dim(tdim, ndim) is None:
+        raise InvalidInputError(
+            f"vlrnn_torch: example_input of shape {tuple(example_input.shape)} needs a time axis and "
+            "a batch axis, e.g. (T, B, features), or (B, T) token ids with time_dim=1; add a batch "
+            "axis of 1 with unsqueeze"
+        )
+    example_batch = BUILTIN_BATCH if example_input is None else example_input.size(1 if tdim == 0 else 0)
+    setup = _Setup(cell, adapter, dev, dtype, tdim, batch_size or example_batch, loss_fn or _sum_loss,
+                   None if example_input is None else example_input.detach().to(dev),
+                   None if example_target is None else example_target.detach().to(dev), state)
+    if setup.y0 is not None and setup.y0.dim() < 2:
+        raise InvalidInputError(
+            f"vlrnn_torch: example_target of shape {tuple(setup.y0.shape)} needs the inputs' time and "
+            "batch axes"
+        )
+    if loss_fn is not None and example_target is None:
+        setup.notes.append("loss_fn was profiled with targets=None (no example_target given)")
+    return setup
+
+
 @contextlib.contextmanager
 def _untouched(cell: nn.Module, loss_fn: Any, device: torch.device):
-    """Run the body, then put the cell (and a loss module) back as they were: parameter values,
-    buffers, training modes, ``.grad`` and hooks (NOTE [ Hooks ]), and the RNG."""
+    """Run the body, then put the cell (and a loss module) back as they were (NOTE [ Profiling
+    leaves the cell as it was ])."""
     modules = [cell] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
     params = [p for m in modules for p in m.parameters()]
     with torch.no_grad():
@@ -228,256 +286,228 @@ def _untouched(cell: nn.Module, loss_fn: Any, device: torch.device):
                     p.copy_(v)
 
 
-class _Examples:
-    """Makes (inputs, state, targets) for a block of K steps over B sequences."""
+# ---------------------------------------------------------------------------------------------
+# Measuring: real calls of the executor (NOTE [ Profiling runs what the executor runs ])
+# ---------------------------------------------------------------------------------------------
 
-    def __init__(self, cell: nn.Module, adapter: Any, *, example_input: Any, state: Any,
-                 example_target: Any, device: torch.device, dtype: torch.dtype, time_dim: int) -> None:
-        self.time_dim = time_dim
-        self.batch_dim = 1 if time_dim == 0 else 0
-        self.state_batch_dim = adapter.state_batch_dim
-        self.cell = cell
-        self.device = device
-        self.dtype = dtype
-        inner = adapter.inner
-        self.inner = inner
-        if example_input is None:
-            if not isinstance(inner, (nn.RNNBase, nn.RNNCellBase)):
-                raise InvalidInputError(
-                    f"vlrnn_torch: cannot make example inputs for a {type(inner).__name__}; pass "
-                    "example_input= (a block of inputs with its time axis, e.g. shape (T, B, features)) "
-                    "and, if the cell needs one, state= to auto_plan / profile_cell"
-                )
-            self.x0 = None
-            self.batch = BUILTIN_BATCH
+
+@dataclass(slots=True)
+class _Point:
+    """One (K, B) measured: fastest seconds, largest bytes, and every run's seconds."""
+
+    k: int
+    b: int
+    advance_runs: list[float] = field(default_factory=list)
+    fb_runs: list[float] = field(default_factory=list)
+    activation_bytes: float = 0.0  # measured (CUDA allocator or CPU resident set)
+    transient_bytes: float = 0.0
+    accounted_bytes: float = 0.0  # CPU: saved-tensor accounting
+
+    @property
+    def advance_seconds(self) -> float:
+        return min(self.advance_runs)
+
+    @property
+    def fb_seconds(self) -> float:
+        return min(self.fb_runs)
+
+    def spread(self) -> float:
+        """How far the fastest `REPEATS` runs lie apart (NOTE [ Noisy profiles ])."""
+        worst = 0.0
+        for runs in (self.advance_runs, self.fb_runs):
+            best = sorted(runs)[:REPEATS]
+            if best and best[0] > 0:
+                worst = max(worst, best[-1] / best[0] - 1)
+        return worst
+
+
+class _Meter:
+    """The observer of a profiling call: times the block without grad and the typical block with
+    grad, and measures the memory each takes."""
+
+    def __init__(self, setup: _Setup, resident: ResidentPeak | None) -> None:
+        self.setup = setup
+        self.resident = resident
+        self.seconds: dict[str, float] = {}
+        self.bytes: dict[str, float] = {}
+        self._base = 0
+        self._reserved = 0
+        self._t0 = 0.0
+
+    @staticmethod
+    def _which(action: Any) -> str | None:
+        if isinstance(action, Advance) and action.start == 0:
+            return "advance"
+        if isinstance(action, ForwardBackward) and action.block == 0:
+            return "fb"
+        return None
+
+    def __call__(self, action: Any, when: str) -> None:
+        which = self._which(action)
+        if which is None:
+            return
+        self.setup.sync()
+        if when == "before":
+            self._base = self._start()
+            self._t0 = time.perf_counter()
         else:
-            if not isinstance(example_input, torch.Tensor):
-                raise InvalidTypeError(
-                    f"vlrnn_torch: example_input must be a tensor, got {type(example_input).__name__}; "
-                    "the profiler takes dense blocks (pad packed sequences for profiling)"
-                )
-            if adapter.batch_dim(time_dim, example_input.dim()) is None:
-                raise InvalidInputError(
-                    f"vlrnn_torch: example_input of shape {tuple(example_input.shape)} needs a time "
-                    "axis and a batch axis, e.g. (T, B, features), or (B, T) token ids with "
-                    "time_dim=1; add a batch axis of 1 with unsqueeze"
-                )
-            self.x0 = example_input.to(device)
-            self.batch = example_input.size(self.batch_dim)
-        self.state0 = state
-        self.y0 = None if example_target is None else example_target.to(device)
-        if self.y0 is not None and self.y0.dim() < 2:
-            raise InvalidInputError(
-                f"vlrnn_torch: example_target of shape {tuple(self.y0.shape)} needs the inputs' time "
-                "and batch axes"
-            )
+            self.seconds[which] = time.perf_counter() - self._t0
+            self.bytes[which] = self._peak() - self._base
 
-    def batches(self) -> tuple[int, int]:
-        high = max(self.batch, 4)
-        return max(1, high // 4), high
+    def _start(self) -> int:
+        if self.setup.cuda:
+            # NOTE [ GPU memory as reserved ]: from an empty cache, what the block makes the
+            # allocator reserve (segments, rounding, fragmentation, cuDNN/cuBLAS workspaces)
+            # shows besides what it allocates.
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.setup.device)
+            self._reserved = torch.cuda.memory_reserved(self.setup.device)
+            return torch.cuda.memory_allocated(self.setup.device)
+        return self.resident.start() if self.resident is not None else 0
 
-    def inputs(self, k: int, b: int) -> torch.Tensor:
-        if self.x0 is None:
-            shape = [0, 0, self.inner.input_size]
-            shape[self.time_dim] = k
-            shape[self.batch_dim] = b
-            return torch.randn(shape, device=self.device, dtype=self.dtype)
-        return _resize(_resize(self.x0, self.time_dim, k), self.batch_dim, b)
-
-    def targets(self, k: int, b: int) -> torch.Tensor | None:
-        if self.y0 is None:
-            return None
-        return _resize(_resize(self.y0, self.time_dim, k), self.batch_dim, b)
-
-    def state(self, b: int) -> Any:
-        if self.state0 is None:
-            return self._default_state(b)
-        leaves, spec = flatten(self.state0)
-        out = []
-        for t in leaves:
-            if t is None:
-                out.append(None)
-                continue
-            dim = self._state_dim(t)
-            out.append(t.to(self.device) if dim is None else _resize(t.detach().to(self.device), dim, b))
-        return unflatten(spec, out)
-
-    def _state_dim(self, t: torch.Tensor) -> int | None:
-        dims = [d for d in range(t.dim()) if t.size(d) == self.batch]
-        if self.state_batch_dim in dims:
-            return self.state_batch_dim
-        return dims[0] if dims else None
-
-    def _default_state(self, b: int) -> Any:
-        m = self.inner
-        z = dict(device=self.device, dtype=self.dtype)
-        if isinstance(m, nn.RNNBase):
-            layers = m.num_layers * (2 if m.bidirectional else 1)
-            out = m.proj_size if getattr(m, "proj_size", 0) else m.hidden_size
-            h = torch.zeros(layers, b, out, **z)
-            return (h, torch.zeros(layers, b, m.hidden_size, **z)) if isinstance(m, nn.LSTM) else h
-        if isinstance(m, nn.RNNCellBase):
-            h = torch.zeros(b, m.hidden_size, **z)
-            return (h, torch.zeros(b, m.hidden_size, **z)) if isinstance(m, nn.LSTMCell) else h
-        return None  # a custom cell without a given state: its own default
+    def _peak(self) -> int:
+        if self.setup.cuda:
+            allocated = torch.cuda.max_memory_allocated(self.setup.device)
+            reserved_growth = torch.cuda.max_memory_reserved(self.setup.device) - self._reserved
+            return max(allocated, self._base + reserved_growth)
+        return self.resident.peak() if self.resident is not None else 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Running and measuring one point
-# ---------------------------------------------------------------------------------------------
+def _data(setup: _Setup, k: int, b: int, blocks: int = 2) -> tuple[Any, Any, Any]:
+    """Inputs, targets and the initial state of a call over ``blocks`` blocks of ``k`` steps."""
+    return setup.inputs(blocks * k, b), setup.targets(blocks * k, b), setup.state(b)
+
+
+def _call(setup: _Setup, k: int, b: int, blocks: int = 2, observer: Any = None, data: Any = None) -> None:
+    """One call of the executor over ``blocks`` blocks of ``k`` steps at batch ``b``."""
+    x, y, state = _data(setup, k, b, blocks) if data is None else data
+    schedule = Schedule("blocks", seq_len=blocks * k, block_length=k)
+    view = make_view(setup.adapter, x, y, setup.time_dim)
+    with torch.enable_grad():
+        run_schedule(schedule, setup.adapter, view, state=state, loss_fn=setup.loss_fn, final_loss_fn=None,
+                     verify=False, keep=False, observer=observer)
+
+
+def _time_point(setup: _Setup, point: _Point, resident: ResidentPeak | None, repeats: int) -> None:
+    """Time (and measure) ``point`` ``repeats`` more times."""
+    for _ in range(repeats):
+        meter = _Meter(setup, resident)
+        _call(setup, point.k, point.b, observer=meter)
+        point.advance_runs.append(meter.seconds["advance"])
+        point.fb_runs.append(meter.seconds["fb"])
+        point.transient_bytes = max(point.transient_bytes, meter.bytes["advance"])
+        point.activation_bytes = max(point.activation_bytes, meter.bytes["fb"])
+
+
+def _measure_point(setup: _Setup, k: int, b: int, resident: ResidentPeak | None) -> _Point:
+    """Time one point, again where its runs disagree (NOTE [ Noisy profiles ])."""
+    point = _Point(k, b)
+    _time_point(setup, point, resident, REPEATS)
+    extra = 0
+    while point.spread() > TIMING_SPREAD_LIMIT and extra < EXTRA_REPEATS:
+        _time_point(setup, point, resident, 1)
+        extra += 1
+    return point
+
+
+def _accounted(setup: _Setup, k: int, b: int) -> int:
+    """Bytes of the unique storages the typical block saves for backward (NOTE [ CPU memory ]),
+    storages that existed before it excluded."""
+    seen: dict[int, int] = {}
+    existing: set[int] = set()
+    counting = {"on": False}
+
+    def observe(action: Any, when: str) -> None:
+        if _Meter._which(action) == "fb":
+            counting["on"] = when == "before"
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if counting["on"]:
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in existing and ptr != 0:
+                seen[ptr] = storage.nbytes()
+        return t
+
+    data = _data(setup, k, b)
+    for t in [*setup.cell.parameters(), *_tensors(data)]:
+        existing.add(t.untyped_storage().data_ptr())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _call(setup, k, b, observer=observe, data=data)
+    return sum(seen.values())
+
+
+def _resident_growth(setup: _Setup, k: int, b: int, resident: ResidentPeak) -> tuple[float, float]:
+    """Peak resident growth of four blocks (three advanced without grad first, as the executor
+    does) while the no-grad pass runs, and while the last block runs with grad, its held states and
+    gradients taken off (NOTE [ CPU memory ])."""
+    peaks: dict[str, float] = {}
+    base = {"at": 0}
+
+    def observe(action: Any, when: str) -> None:
+        if isinstance(action, Advance) and when == "before":
+            base["at"] = resident.start()
+        elif isinstance(action, Advance):
+            peaks["advance"] = resident.peak() - base["at"]
+        elif isinstance(action, ForwardBackward) and action.block == 3 and when == "after":
+            peaks["fb"] = resident.peak() - base["at"]
+
+    _call(setup, k, b, blocks=4, observer=observe)
+    state_bytes = _nbytes(setup.state(b))
+    grads = sum(p.numel() * p.element_size() for p in setup.cell.parameters() if p.requires_grad)
+    return peaks["advance"], peaks["fb"] - grads - 4 * state_bytes
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
-    return [t for t in flatten(obj)[0] if isinstance(t, torch.Tensor)]
+    return [t for t in flatten(obj, packed_leaves=True)[0] if isinstance(t, torch.Tensor)]
 
 
 def _nbytes(obj: Any) -> int:
     return sum(t.numel() * t.element_size() for t in _tensors(obj))
 
 
-@dataclass(slots=True)
-class _Point:
-    k: int
-    b: int
-    advance_seconds: float = math.inf
-    fb_seconds: float = math.inf
-    activation_bytes: float = 0.0  # measured (CUDA allocator or CPU resident set), grads excluded
-    transient_bytes: float = 0.0
-    accounted_bytes: float = 0.0  # CPU: saved-tensor accounting
+@dataclass
+class _Measured:
+    """Everything `_measure` found."""
+
+    points: list[_Point]
+    scale_points: list[_Point]
+    state_bytes: float
+    output_bytes: float
+    input_bytes: float
+    target_bytes: float
+    anchor: _Point | None = None
+    calibration: _Point | None = None
 
 
-class _Runner:
-    def __init__(self, adapter: Any, params: list[torch.Tensor], loss_fn: Any, examples: _Examples,
-                 cuda: bool, device: torch.device) -> None:
-        self.adapter = adapter
-        self.params = params
-        self.loss_fn = loss_fn
-        self.examples = examples
-        self.cuda = cuda
-        self.device = device
-        self.grad_bytes = sum(p.numel() * p.element_size() for p in params)
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def data(self, k: int, b: int) -> tuple[torch.Tensor, Any, Any]:
-        return self.examples.inputs(k, b), self.examples.state(b), self.examples.targets(k, b)
-
-    def advance(self, x: torch.Tensor, state: Any) -> Any:
-        with torch.no_grad():
-            _, out_state = self.adapter.run(x, state, self.examples.time_dim)
-        return out_state
-
-    def forward(self, x: torch.Tensor, state: Any, y: Any) -> tuple[torch.Tensor, Any]:
-        """A block with grad: a scalar to backpropagate, and the output state."""
-        leaves, spec = flatten(state)
-        state_in = unflatten(spec, [
-            t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-            for t in leaves
-        ])
-        outputs, out_state = self.adapter.run(x, state_in, self.examples.time_dim)
-        if self.loss_fn is not None:
-            loss = self.loss_fn(outputs, y)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise InvalidInputError(
-                    "vlrnn_torch: loss_fn must return a scalar tensor (the block's share of the "
-                    f"loss), got {type(loss).__name__}; reduce it with .sum() or .mean()"
-                )
-            loss = loss.reshape(())
-        else:
-            loss = sum(t.sum() for t in _tensors(outputs) if t.requires_grad)
-        # The gradient arriving at the output state, as the executor hands it on.
-        extra = [t.sum() for t in _tensors(out_state) if t.requires_grad]
-        total = loss + sum(extra) if extra else loss
-        return total, (outputs, out_state)
-
-    def backward(self, total: torch.Tensor) -> Any:
-        targets = [p for p in self.params]
-        if not targets or not total.requires_grad:
-            return None
-        return torch.autograd.grad(total, targets, allow_unused=True)
-
-    def fb(self, x: torch.Tensor, state: Any, y: Any) -> None:
-        with torch.enable_grad():
-            total, held = self.forward(x, state, y)
-            grads = self.backward(total)
-        del total, held, grads
-
-    def accounted(self, x: torch.Tensor, state: Any, y: Any) -> int:
-        """Bytes of the unique storages saved for backward by a block with grad, plus its outputs
-        (NOTE [ CPU memory ]); storages that existed before (parameters, inputs, state) excluded."""
-        existing = {t.untyped_storage().data_ptr() for t in [*self.params, x, *_tensors(state), *_tensors(y)]}
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            ptr = storage.data_ptr()
-            if ptr not in existing and ptr != 0:
-                seen[ptr] = storage.nbytes()
-            return t
-
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            total, held = self.forward(x, state, y)
-        for t in _tensors(held):
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in existing:
-                seen[storage.data_ptr()] = storage.nbytes()
-        del total, held
-        return sum(seen.values())
-
-
-def _measure_sequence(runner: _Runner, point: _Point, resident: _ResidentPeak, *, advances: int = 3) -> None:
-    """Peak resident growth of what the executor does: ``advances`` blocks without grad, then a
-    block with grad and its backward (NOTE [ CPU memory ]). The no-grad blocks leave the heap
-    fragmented, and the block with grad then takes more than it would in a fresh heap."""
-    x, state, y = runner.data(point.k, point.b)
-    base = _start(runner, resident)
-    carried = state
-    for _ in range(advances):
-        carried = runner.advance(x, carried)
-    point.transient_bytes = _peak(runner, resident, base)
-    runner.fb(x, carried, y)
-    extra = runner.grad_bytes + (advances and _nbytes(carried))
-    point.activation_bytes = _peak(runner, resident, base) - extra
-    del carried
-
-
-def _start(runner: _Runner, resident: _ResidentPeak | None) -> int:
-    runner.sync()
-    if runner.cuda:
-        torch.cuda.reset_peak_memory_stats(runner.device)
-        return torch.cuda.memory_allocated(runner.device)
-    return resident.start() if resident is not None else 0
-
-
-def _peak(runner: _Runner, resident: _ResidentPeak | None, base: int) -> int:
-    if runner.cuda:
-        return torch.cuda.max_memory_allocated(runner.device) - base
-    return resident.peak() - base if resident is not None else 0
-
-
-def _measure(runner: _Runner, point: _Point, resident: _ResidentPeak | None, *, repeats: int = REPEATS,
-             account: bool = True) -> None:
-    """Time and measure one point: ``repeats`` no-grad runs and runs with grad plus backward
-    (fastest time, largest memory), and, on CPU, the saved-tensor accounting."""
-    x, state, y = runner.data(point.k, point.b)
-    if resident is not None and account:
-        point.accounted_bytes = runner.accounted(x, state, y)
-    for _ in range(repeats):
-        base = _start(runner, resident)
-        t0 = time.perf_counter()
-        out_state = runner.advance(x, state)
-        runner.sync()
-        point.advance_seconds = min(point.advance_seconds, time.perf_counter() - t0)
-        point.transient_bytes = max(point.transient_bytes, _peak(runner, resident, base))
-        del out_state
-        base = _start(runner, resident)
-        t0 = time.perf_counter()
-        runner.fb(x, state, y)
-        runner.sync()
-        point.fb_seconds = min(point.fb_seconds, time.perf_counter() - t0)
-        point.activation_bytes = max(point.activation_bytes, _peak(runner, resident, base) - runner.grad_bytes)
+def _measure(setup: _Setup, resident: ResidentPeak | None) -> _Measured:
+    """Sizes per sequence, the time and memory grid, and (CPU) the resident-set calibration."""
+    b_low, b_high = setup.batches()
+    with torch.no_grad():
+        x, state, y = setup.inputs(2, b_high), setup.state(b_high), setup.targets(2, b_high)
+        outputs, out_state = setup.adapter.run(x, state, setup.time_dim)
+    sizes = dict(state_bytes=_nbytes(out_state) / b_high, output_bytes=_nbytes(outputs) / (2 * b_high),
+                 input_bytes=_nbytes(x) / (2 * b_high), target_bytes=0.0 if y is None else _nbytes(y) / (2 * b_high))
+    del x, state, y, outputs, out_state
+    _call(setup, BLOCK_LENGTHS[0], b_low)  # warm-up: lazy initialisation, thread pools
+    points = [_measure_point(setup, k, b, resident) for b in (b_low, b_high) for k in BLOCK_LENGTHS]
+    if resident is not None:
+        for point in points:
+            point.accounted_bytes = _accounted(setup, point.k, point.b)
+    scale_points = []
+    for k in SCALE_LENGTHS:
+        point = _measure_point(setup, k, b_high, None)
+        scale_points.append(point)
+        if point.fb_seconds > SCALE_TIME_LIMIT:
+            break
+    measured = _Measured(points, scale_points, **sizes)
+    if resident is not None and resident.available:
+        k_high = BLOCK_LENGTHS[-1]
+        for name, k in (("anchor", k_high), ("calibration", 2 * k_high)):
+            point = _Point(k, b_high)
+            point.transient_bytes, point.activation_bytes = _resident_growth(setup, k, b_high, resident)
+            setattr(measured, name, point)
+    return measured
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,12 +526,12 @@ def _upper_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]
     return a, c
 
 
-def _secant_line(p: _Point, q: _Point, points: Sequence[_Point], attr: str) -> tuple[float, float]:
+def _secant_line(p: _Point, q: _Point, attr: str) -> tuple[float, float]:
     """``y = a * x + c`` with the slope ``a >= 0`` through ``p`` and ``q`` (x = steps x sequences)
-    and ``c >= 0`` raised so that the line lies on or above every point."""
+    and ``c >= 0`` raised so that the line lies on or above both."""
     dx = q.k * q.b - p.k * p.b
     a = max((getattr(q, attr) - getattr(p, attr)) / dx, 0.0)
-    c = max(max(getattr(r, attr) - a * r.k * r.b for r in points), 0.0)
+    c = max(max(getattr(r, attr) - a * r.k * r.b for r in (p, q)), 0.0)
     return a, c
 
 
@@ -525,12 +555,82 @@ def _nonnegative_lstsq(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> 
     return best[1] if best is not None else [0.0] * m
 
 
-def _time_fit(points: Sequence[_Point], attr: str) -> tuple[float, float, float]:
-    """Seconds of a block = K * (per_step + per_step_per_sample * B) + per_block."""
+@dataclass(frozen=True)
+class _TimeFit:
+    """Seconds of a block = ``K * s(K) * (per_step + per_sample * B) + overhead``, without grad
+    (``advance``) and with grad (``fb``): each ``(per_step, per_sample, overhead)``."""
+
+    advance: tuple[float, float, float]
+    fb: tuple[float, float, float]
+    scale: tuple[tuple[int, float, float], ...]
+    spread: float
+
+
+def _fit_time(measured: _Measured) -> _TimeFit:
+    """The linear fit over the grid, and the scale factors at the longer blocks."""
+    points = measured.points
     rows = [(p.k, p.k * p.b, 1.0) for p in points]
-    ys = [getattr(p, attr) for p in points]
-    per_step, per_sample, per_block = _nonnegative_lstsq(rows, ys)
-    return per_step, per_sample, per_block
+    adv = _nonnegative_lstsq(rows, [p.advance_seconds for p in points])
+    fb = _nonnegative_lstsq(rows, [p.fb_seconds for p in points])
+    scale = []
+    for p in points[len(BLOCK_LENGTHS):] + measured.scale_points:  # the full batch
+        linear_adv = p.k * (adv[0] + adv[1] * p.b)
+        linear_fb = p.k * (fb[0] + fb[1] * p.b)
+        if linear_adv > 0 and linear_fb > 0:
+            scale.append((p.k, max(p.advance_seconds - adv[2], 1e-12) / linear_adv,
+                          max(p.fb_seconds - fb[2], 1e-12) / linear_fb))
+    spread = max(p.spread() for p in points + measured.scale_points)
+    return _TimeFit(tuple(adv), tuple(fb), tuple(scale), spread)
+
+
+@dataclass(frozen=True)
+class _MemoryFit:
+    """Bytes of a block in flight, with and without grad: ``slope * K * B + fixed``."""
+
+    activation: tuple[float, float]
+    transient: tuple[float, float]
+    measured_by: str
+    notes: tuple[str, ...] = ()
+
+
+def _fit_memory_cuda(measured: _Measured) -> _MemoryFit:
+    xs = [p.k * p.b for p in measured.points]
+    return _MemoryFit(_upper_line(xs, [p.activation_bytes for p in measured.points]),
+                      _upper_line(xs, [p.transient_bytes for p in measured.points]), "cuda+nvml")
+
+
+def _fit_memory_cpu(measured: _Measured, resident: ResidentPeak) -> _MemoryFit:
+    """NOTE [ CPU memory ]: the accounting, calibrated by the resident set where it can be."""
+    xs = [p.k * p.b for p in measured.points]
+    accounted = _upper_line(xs, [p.accounted_bytes for p in measured.points])
+    anchor, calibration = measured.anchor, measured.calibration
+    notes = []
+    if calibration is not None and calibration.activation_bytes >= MIN_MEASURABLE_GROWTH:
+        measured_slope, _ = _secant_line(anchor, calibration, "activation_bytes")
+        # The accounting is a floor for the slope: a warm heap in this process reuses pages that
+        # the executor's run in a fresh process must fault in.
+        slope = max(measured_slope, accounted[0])
+        fixed = max(0.0, max(p.activation_bytes - slope * p.k * p.b for p in (anchor, calibration)))
+        factor = measured_slope / accounted[0] if accounted[0] > 0 else float("nan")
+        measured_by = (f"cpu: what autograd saves (saved-tensor accounting), calibrated by the peak "
+                       f"resident set, which grew {factor:.2f}x as much per step and sequence")
+        notes.append(f"saved-tensor accounting {format_bytes(accounted[0])} per step and sequence; peak "
+                     f"resident growth {format_bytes(measured_slope)} per step and sequence after blocks "
+                     f"without grad; kept {format_bytes(slope)} + {format_bytes(fixed)} per block")
+        activation = (slope, fixed)
+    else:
+        activation = accounted
+        if calibration is None:
+            why = resident.why_not or "no resident-set measure"
+        else:
+            why = f"peak resident growth of {format_bytes(calibration.activation_bytes)} too small to calibrate"
+        measured_by = f"cpu: saved-tensor accounting, uncalibrated ({why})"
+    if calibration is not None and calibration.transient_bytes >= MIN_MEASURABLE_GROWTH:
+        transient = _secant_line(anchor, calibration, "transient_bytes")
+    else:
+        transient = (measured.output_bytes, 0.0)  # too small to resolve: the outputs, as a floor
+    notes.append("each stored state also keeps the CPU RNG state")
+    return _MemoryFit(activation, transient, measured_by, tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,36 +638,79 @@ def _time_fit(points: Sequence[_Point], attr: str) -> tuple[float, float, float]
 # ---------------------------------------------------------------------------------------------
 
 
-def _describe(cell: nn.Module) -> str:
+def _short(cell: nn.Module) -> str:
     text = repr(cell).splitlines()
     first = text[0] if len(text) == 1 else f"{type(cell).__name__}(...)"
     return first if len(first) <= 100 else first[:97] + "..."
 
 
-def _host_memory() -> tuple[int | None, int | None]:
-    """The host's total and available memory (MemTotal, MemAvailable of /proc/meminfo), or Nones
-    where the kernel does not say."""
-    found: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("MemTotal", "MemAvailable"):
-                    found[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError):
-        return None, None
-    return found.get("MemTotal"), found.get("MemAvailable")
+def _device_info(setup: _Setup) -> dict[str, Any]:
+    """The device's name and memory, and this process's footprint and allocator (NOTE [ GPU
+    memory: the allocator's view, NVML for the rest ] in `vlrnn_torch.devices`)."""
+    if setup.cuda:
+        total, free, reserved, nvml = gpu_memory(setup.device)
+        if isinstance(nvml, NvmlInfo):
+            if nvml.process_bytes is None:
+                setup.notes.append("NVML lists no footprint for this process (a container's PID namespace?)")
+            return dict(device_name=nvml.name, device_total_bytes=total, device_free_bytes=free,
+                        process_bytes=nvml.process_bytes, allocator_reserved_bytes=reserved)
+        setup.notes.append(f"{nvml}; this process's footprint is unknown")
+        return dict(device_name=torch.cuda.get_device_name(setup.device), device_total_bytes=total,
+                    device_free_bytes=free, process_bytes=None, allocator_reserved_bytes=reserved)
+    nvml = query_nvml(0)
+    if isinstance(nvml, NvmlInfo):
+        setup.notes.append(f"measured on the CPU although NVML sees a {nvml.name}; move the cell with "
+                           "cell.to('cuda') to plan for the GPU")
+    else:
+        setup.notes.append(f"{nvml}: no GPU in use, the CPU path was taken")
+    total, free = host_memory()  # a share ("80%") on CPU: of the memory the kernel says is available
+    return dict(device_name=cpu_name(), device_total_bytes=total, device_free_bytes=free)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
+def _describe(setup: _Setup, measured: _Measured, timing: _TimeFit, memory: _MemoryFit, device: dict[str, Any],
+              started: float, loss_included: bool) -> CellProfile:
+    """The `CellProfile` of what was measured and fitted."""
+    params = [p for p in setup.cell.parameters() if p.requires_grad]
+    if isinstance(setup.loss_fn, nn.Module):
+        params += [p for p in setup.loss_fn.parameters() if p.requires_grad]
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    # Kept with every stored state: the cell's buffers (NOTE [ Buffer replay ]) and, on the CPU
+    # (where the generator's state lives with the data), the RNG state.
+    state_fixed = float(BufferReplay(setup.adapter.inner).nbytes()) + (
+        0.0 if setup.cuda else float(torch.get_rng_state().numel()))
+    notes = list(setup.notes) + list(memory.notes)
+    if timing.spread > TIMING_SPREAD_LIMIT:
+        notes.append(f"timings unreliable: repeated runs of one block differed by up to {100 * timing.spread:.0f}%")
+    return CellProfile(
+        device=str(setup.device),
+        dtype=str(setup.dtype).removeprefix("torch."),
+        cell=_short(setup.cell),
+        time_dim=setup.time_dim,
+        parameter_bytes=param_bytes,
+        gradient_bytes=param_bytes,
+        state_bytes_per_sample=measured.state_bytes,
+        state_bytes_fixed=state_fixed,
+        input_bytes_per_step=measured.input_bytes,
+        target_bytes_per_step=measured.target_bytes,
+        activation_bytes_per_step=memory.activation[0],
+        activation_bytes_fixed=memory.activation[1],
+        transient_bytes_per_step=memory.transient[0],
+        transient_bytes_fixed=memory.transient[1],
+        advance_seconds_per_step=timing.advance[0],
+        advance_seconds_per_step_per_sample=timing.advance[1],
+        fb_seconds_per_step=timing.fb[0],
+        fb_seconds_per_step_per_sample=timing.fb[1],
+        block_overhead_seconds=timing.fb[2],
+        advance_overhead_seconds=timing.advance[2],
+        step_time_scale=timing.scale,
+        timing_spread=timing.spread,
+        allocator_overhead_bytes=0 if setup.cuda else CPU_ALLOCATOR_OVERHEAD_BYTES,
+        loss_included=loss_included,
+        measured_by=memory.measured_by,
+        profile_seconds=time.perf_counter() - started,
+        notes=tuple(notes),
+        **device,
+    )
 
 
 def profile_cell(
@@ -579,12 +722,14 @@ def profile_cell(
     example_target: torch.Tensor | None = None,
     device: Any = None,
     time_dim: int | None = None,
+    batch_size: int | None = None,
 ) -> CellProfile:
     """Measure ``cell``'s memory and time per step on its device.
 
-    Runs blocks of 16 and 64 steps at two batch sizes (8 and 32 for built-in cells; a quarter of
-    the example's batch and the example's batch otherwise), each without grad and with grad plus
-    backward, and fits the `CellProfile` model to them. The cell's ``.grad`` is left untouched.
+    Runs real calls of the executor (NOTE [ Profiling runs what the executor runs ]) at 16 and 64
+    steps per block, at the batch that will run and a quarter of it, and times longer blocks at
+    the full batch (NOTE [ Profile at the shapes that will run ]); fits the `CellProfile` model
+    to them. The cell is left as it was found (NOTE [ Profiling leaves the cell as it was ]).
 
     Parameters
     ----------
@@ -593,20 +738,24 @@ def profile_cell(
         inputs are made from ``input_size``), or any module ``forward(x_block, state) ->
         (outputs, state)`` (or a `StepCell`), which needs ``example_input``.
     example_input : tensor, optional
-        A block of inputs, with the time axis at ``time_dim`` and the batch axis next to it; cut or
-        tiled to the profiled block lengths and batch sizes.
+        A block of inputs, with the time axis at ``time_dim`` and the batch axis next to it
+        (token ids ``(B, T)`` with ``time_dim=1`` too); cut or tiled to the profiled block lengths
+        and batch sizes.
     state : optional
         An initial state for ``example_input``'s batch; zeros (built-in cells) or the cell's own
         default (None) otherwise.
     loss_fn : callable, optional
-        ``loss_fn(outputs_block, targets_block) -> scalar``, profiled with the block.
+        ``loss_fn(outputs_block, targets_block) -> scalar``, profiled with the block (the sum of
+        the outputs otherwise).
     example_target : tensor, optional
         Targets laid out like ``example_input`` (time and batch axes), for ``loss_fn``.
     device : str or torch.device, optional
         Must be where the cell's parameters are (the default); move the cell first to profile it
         elsewhere.
     time_dim : int, optional
-        The inputs' time axis, where it is not the cell's convention.
+        The inputs' time axis, where the cell does not declare it (NOTE [ The time axis ]).
+    batch_size : int, optional
+        The batch that will run; the example's batch (or 32 for built-in cells) otherwise.
 
     Returns
     -------
@@ -616,7 +765,7 @@ def profile_cell(
     ------
     InvalidInputError
         A custom cell without ``example_input``, a bidirectional cell, a ``device`` other than the
-        cell's, a ``loss_fn`` that does not return a scalar.
+        cell's, a ``loss_fn`` that does not return a scalar, an undeclared time axis.
 
     Examples
     --------
@@ -626,172 +775,10 @@ def profile_cell(
     (64.0, 32.0, True)
     """
     started = time.perf_counter()
-    if not isinstance(cell, nn.Module):
-        raise InvalidTypeError(f"vlrnn_torch: cell must be a torch.nn.Module, got {type(cell).__name__}")
-    adapter = adapt(cell)
-    params = [p for p in cell.parameters() if p.requires_grad]
-    if loss_fn is not None and isinstance(loss_fn, nn.Module):
-        params += [p for p in loss_fn.parameters() if p.requires_grad]
-    all_params = list(cell.parameters())
-    home = all_params[0].device if all_params else (
-        example_input.device if isinstance(example_input, torch.Tensor) else torch.device("cpu"))
-    dev = home if device is None else torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    if all_params and dev != home:
-        raise InvalidInputError(
-            f"vlrnn_torch: asked to profile on {dev} but the cell's parameters are on {home}; "
-            f"move the cell first with cell.to({str(dev)!r}), or leave device= out"
-        )
-    floating = [p for p in all_params if p.is_floating_point()]
-    dtype = floating[0].dtype if floating else (
-        example_input.dtype if isinstance(example_input, torch.Tensor) else torch.get_default_dtype())
-    if example_input is None and adapter.kind != "rnn" and not isinstance(adapter.inner, nn.RNNCellBase):
-        raise InvalidInputError(
-            f"vlrnn_torch: cannot make example inputs for a {adapter.name}; pass example_input= (a "
-            "block of inputs with its time axis, e.g. shape (T, B, features), or (B, T) token ids "
-            "with time_dim=1) and, if the cell needs one, state= to auto_plan / profile_cell"
-        )
-    ndim = example_input.dim() if isinstance(example_input, torch.Tensor) else 3
-    tdim = adapter.resolve_time_dim(time_dim, ndim)
-    examples = _Examples(cell, adapter, example_input=example_input, state=state,
-                         example_target=example_target, device=dev, dtype=dtype, time_dim=tdim)
-    cuda = dev.type == "cuda"
-    notes: list[str] = []
-
-    resident: _ResidentPeak | None = None
-    if not cuda:
-        resident = _ResidentPeak()
-        nvml = query_nvml(0)
-        if isinstance(nvml, NvmlInfo):
-            notes.append(
-                f"measured on the CPU although NVML sees a {nvml.name}; move the cell with "
-                "cell.to('cuda') to plan for the GPU"
-            )
-        else:
-            notes.append(f"{nvml}: no GPU in use, the CPU path was taken")
-
-    # NOTE [ Profiling leaves the cell as it was ]: parameters, buffers, training mode, .grad,
-    # hooks and the RNG are put back afterwards.
-    with _untouched(cell, loss_fn, dev):
-        runner = _Runner(adapter, params, loss_fn, examples, cuda, dev)
-        b_low, b_high = examples.batches()
-        k_low, k_high = BLOCK_LENGTHS
-
-        # Per-sequence sizes, from one small run.
-        with torch.no_grad():
-            x, st, y = runner.data(2, b_high)
-            outputs, out_state = adapter.run(x, st, tdim)
-        state_bytes = _nbytes(out_state) / b_high
-        output_bytes = _nbytes(outputs) / (2 * b_high)
-        input_bytes = _nbytes(x) / (2 * b_high)
-        target_bytes = 0.0 if y is None else _nbytes(y) / (2 * b_high)
-        if loss_fn is not None and example_target is None:
-            notes.append("loss_fn was profiled with targets=None (no example_target given)")
-        del x, st, y, outputs, out_state
-
-        runner.fb(*runner.data(k_low, b_low))  # warm-up: lazy initialisation, thread pools
-        points = [_Point(k, b) for b in (b_low, b_high) for k in (k_low, k_high)]
-        for point in points:
-            _measure(runner, point, resident)
-        calibration = anchor = None
-        if resident is not None and resident.available:
-            # NOTE [ CPU memory ]: measured as the executor runs, blocks without grad first, at
-            # the grid's largest block and one twice as long.
-            anchor = _Point(k_high, b_high)
-            calibration = _Point(2 * k_high, b_high)
-            for point in (anchor, calibration):
-                _measure_sequence(runner, point, resident)
-
-    adv = _time_fit(points, "advance_seconds")
-    fb = _time_fit(points, "fb_seconds")
-    sample_steps = [p.k * p.b for p in points]
-    param_bytes = sum(p.numel() * p.element_size() for p in params)
-
-    # Memory per step and sequence.
-    reserved = total = free = process = None
-    if cuda:
-        act_slope, act_fixed = _upper_line(sample_steps, [p.activation_bytes for p in points])
-        tr_slope, tr_fixed = _upper_line(sample_steps, [p.transient_bytes for p in points])
-        reserved = int(torch.cuda.memory_reserved(dev))
-        props = torch.cuda.get_device_properties(dev)
-        uuid = getattr(props, "uuid", None)
-        nvml = query_nvml(dev.index or 0, uuid=None if uuid is None else f"GPU-{uuid}")
-        if isinstance(nvml, NvmlInfo):
-            name, total, free, process = nvml.name, nvml.total_bytes, nvml.free_bytes, nvml.process_bytes
-            measured_by = "cuda+nvml"
-            if process is None:
-                notes.append("NVML lists no footprint for this process (a container's PID namespace?)")
-        else:
-            free, total = (int(v) for v in torch.cuda.mem_get_info(dev))
-            name = torch.cuda.get_device_name(dev)
-            measured_by = "cuda (allocator peaks; device memory from cudaMemGetInfo)"
-            notes.append(f"{nvml}; this process's footprint is unknown")
-    else:
-        name = _cpu_name()
-        accounted_slope, accounted_fixed = _upper_line(sample_steps, [p.accounted_bytes for p in points])
-        if calibration is not None and calibration.activation_bytes >= MIN_MEASURABLE_GROWTH:
-            measured_slope, _ = _secant_line(anchor, calibration, [anchor, calibration], "activation_bytes")
-            # The accounting is a floor for the slope: a warm heap in this process reuses pages
-            # that the executor's run in a fresh process must fault in (NOTE [ CPU memory ]).
-            act_slope = max(measured_slope, accounted_slope)
-            act_fixed = max(0.0, max(p.activation_bytes - act_slope * p.k * p.b for p in (anchor, calibration)))
-            factor = measured_slope / accounted_slope if accounted_slope > 0 else float("nan")
-            measured_by = (
-                f"cpu: saved-tensor accounting calibrated against VmHWM (measured growth "
-                f"{factor:.2f}x the accounting per step and sequence)"
-            )
-            notes.append(
-                f"saved-tensor accounting {format_bytes(accounted_slope)} per step and sequence; "
-                f"peak resident growth {format_bytes(measured_slope)} per step and sequence "
-                f"after blocks without grad; kept {format_bytes(act_slope)} + {format_bytes(act_fixed)} per block"
-            )
-        else:
-            act_slope, act_fixed = accounted_slope, accounted_fixed
-            if calibration is None:
-                why = resident.why_not if resident is not None else "no resident-set measure"
-            else:
-                why = f"peak resident growth of {format_bytes(calibration.activation_bytes)} too small to calibrate"
-            measured_by = f"cpu: saved-tensor accounting, uncalibrated ({why})"
-        if calibration is not None and calibration.transient_bytes >= MIN_MEASURABLE_GROWTH:
-            tr_slope, tr_fixed = _secant_line(anchor, calibration, [anchor, calibration], "transient_bytes")
-        else:
-            # Too small to resolve: the block's outputs, as a floor.
-            tr_slope, tr_fixed = output_bytes, 0.0
-        # The executor keeps the CPU generator's state with each stored boundary.
-        notes.append("each stored state also keeps the CPU RNG state")
-        # A share ("80%") on CPU resolves against the memory the kernel says is available.
-        total, free = _host_memory()
-    state_fixed = 0.0 if cuda else float(torch.get_rng_state().numel())
-
-    return CellProfile(
-        device=str(dev),
-        device_name=name,
-        dtype=str(dtype).removeprefix("torch."),
-        cell=_describe(cell),
-        time_dim=tdim,
-        parameter_bytes=param_bytes,
-        gradient_bytes=param_bytes,
-        state_bytes_per_sample=state_bytes,
-        state_bytes_fixed=state_fixed,
-        input_bytes_per_step=input_bytes,
-        target_bytes_per_step=target_bytes,
-        activation_bytes_per_step=act_slope,
-        activation_bytes_fixed=act_fixed,
-        transient_bytes_per_step=tr_slope,
-        transient_bytes_fixed=tr_fixed,
-        advance_seconds_per_step=adv[0],
-        advance_seconds_per_step_per_sample=adv[1],
-        fb_seconds_per_step=fb[0],
-        fb_seconds_per_step_per_sample=fb[1],
-        block_overhead_seconds=(adv[2] + fb[2]) / 2,
-        device_total_bytes=total,
-        device_free_bytes=free,
-        process_bytes=process,
-        allocator_reserved_bytes=reserved,
-        allocator_overhead_bytes=CPU_ALLOCATOR_OVERHEAD_BYTES if dev.type == "cpu" else 0,
-        loss_included=loss_fn is not None,
-        measured_by=measured_by,
-        profile_seconds=time.perf_counter() - started,
-        notes=tuple(notes),
-    )
+    setup = _setup(cell, example_input, state, loss_fn, example_target, device, time_dim, batch_size)
+    resident = None if setup.cuda else ResidentPeak()
+    with _untouched(cell, loss_fn, setup.device):
+        measured = _measure(setup, resident)
+    timing = _fit_time(measured)
+    memory = _fit_memory_cuda(measured) if setup.cuda else _fit_memory_cpu(measured, resident)
+    return _describe(setup, measured, timing, memory, _device_info(setup), started, loss_fn is not None)

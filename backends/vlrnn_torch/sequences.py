@@ -38,16 +38,58 @@ def _cell_device(adapter: Adapter) -> torch.device | None:
 
 
 def _to(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    """A block of inputs or targets on the cell's device.
-
-    NOTE [ Inputs on the host ]
-    When the cell is on an accelerator and the sequence is not, only the block at hand is copied
-    over (asynchronously from pinned memory), so a sequence of millions of steps never has to fit
-    on the device; the planner counts such inputs as blocks in flight.
-    """
+    """A block of inputs or targets on the cell's device (NOTE [ Inputs on the host ])."""
     if device is None or t.device == device:
         return t
     return t.to(device, non_blocking=t.is_pinned())
+
+
+class _Prefetcher:
+    """Copies blocks of host-resident inputs to the cell's GPU ahead of their use.
+
+    NOTE [ Inputs on the host ]
+    When the cell is on an accelerator and the sequence is not, only the blocks at hand are on the
+    device, so a sequence of millions of steps never has to fit there; the planner counts two
+    blocks of inputs in flight. While a block runs, the executor names the block it will run next
+    (`DenseView.prefetch`): its slices are copied into pinned host memory (the caching host
+    allocator reuses it) and from there to the device on a side stream, so the copy overlaps the
+    current block's compute; the block that then reads them waits on the copy's event, and the
+    tensors are recorded on its stream so their memory is not reused early. At most
+    ``MAX_AHEAD`` blocks are kept ahead; one never read is dropped.
+    """
+
+    MAX_AHEAD = 2
+    enabled = True  # benchmarks/gpu_check.py times the copies with and without it
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.active = self.enabled and device is not None and device.type == "cuda" and torch.cuda.is_available()
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if self.active else None
+        self.ready: dict[tuple[int, int, int], tuple[torch.Tensor, Any]] = {}
+
+    def ahead(self, key: tuple[int, int, int], piece: torch.Tensor) -> None:
+        """Start copying ``piece`` (tensor ``key[0]``'s steps ``key[1]:key[2]``) to the device."""
+        if not self.active or key in self.ready or piece.device.type != "cpu":
+            return
+        staged = piece if piece.is_pinned() else piece.pin_memory()
+        with torch.cuda.stream(self.stream):
+            copy = staged.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.ready[key] = (copy, event)
+        while len(self.ready) > self.MAX_AHEAD * 4:  # a few tensors per block
+            self.ready.pop(next(iter(self.ready)))
+
+    def take(self, key: tuple[int, int, int]) -> torch.Tensor | None:
+        """The copy of ``key`` made ahead, ready for the current stream, or None."""
+        found = self.ready.pop(key, None) if self.active else None
+        if found is None:
+            return None
+        copy, event = found
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(event)
+        copy.record_stream(current)
+        return copy
 
 
 class _Slices:
@@ -72,6 +114,7 @@ class _Slices:
         self.buffers: list[torch.Tensor | None] = [None] * len(tensors)
         self.pending: list[tuple[int, int, int, torch.Tensor]] = []
         self.own: set[int] | None = None  # ids of the leaves made for the block at hand
+        self.prefetcher = _Prefetcher(device)
 
     @property
     def require_grad(self) -> bool:
@@ -94,27 +137,44 @@ class _Slices:
             self.pending.append((i, start, stop, piece))
             if self.own is not None:
                 self.own.add(id(piece))
-        return _to(piece, self.device)
+            return _to(piece, self.device)
+        ready = self.prefetcher.take((i, start, stop))
+        return ready if ready is not None else _to(piece, self.device)
 
-    def collect(self) -> None:
+    def prefetch(self, start: int, stop: int) -> None:
+        """Start copying steps ``[start, stop)`` of the host tensors to the device (NOTE [ Inputs
+        on the host ]); tensors that require grad are copied when read, so that autograd sees it."""
+        if not self.prefetcher.active:
+            return
+        for i, t in enumerate(self.tensors):
+            if not t.requires_grad:
+                self.prefetcher.ahead((i, start, stop), self.cut(t, start, stop))
+
+    def take_pending(self) -> list[tuple[int, int, int, torch.Tensor]]:
+        """The slices made for the block that just ran with grad (for `collect` after its
+        traversal)."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    def collect(self, pieces: list[tuple[int, int, int, torch.Tensor]]) -> None:
         """After a block's traversal: add its slices' gradients into the buffers."""
-        for i, start, stop, piece in self.pending:
+        for i, start, stop, piece in pieces:
             if piece.grad is None:
                 continue
             if self.buffers[i] is None:
                 self.buffers[i] = torch.zeros_like(self.detached[i])
             self.cut(self.buffers[i], start, stop).add_(piece.grad)
-        self.pending = []
 
     def upstream(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(tensor, gradient) for every input and target that received a gradient."""
         return [(t, g) for t, g in zip(self.tensors, self.buffers) if g is not None]
 
     def release(self) -> None:
-        """Drop the detached copies, the buffers and any slice still pending."""
+        """Drop the detached copies, the buffers, any slice still pending and any copy made ahead."""
         self.detached = None
         self.buffers = [None] * len(self.tensors)
         self.pending = []
+        self.prefetcher.ready.clear()
 
 
 def _index(leaves: list[Any], tensors: list[torch.Tensor]) -> list[int | None]:

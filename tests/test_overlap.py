@@ -1,0 +1,132 @@
+"""Recomputation overlapped with backward (NOTE [ Overlapping recomputation with backward ]): the
+same gradients, loss, final state, RNG and failure atomicity as without it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import assert_close_tree, assert_grads_close, grads_of, packed_reference, padded, sq_loss
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import vlrnn_planner as vp
+from vlrnn_torch import StepCell
+
+T, B, F, H = 41, 3, 4, 5
+
+
+def _both(cell, x, y, plan, **kwargs):
+    """The call without and with overlap, from the same RNG state: (loss, state, grads, rng) each."""
+    params = [p for p in cell.parameters() if p.requires_grad] + kwargs.pop("extra", [])
+    out = []
+    for overlap in (False, True):
+        for p in params:
+            p.grad = None
+        torch.manual_seed(3)
+        result = vp.backward(plan, cell, x, targets=y, loss_fn=sq_loss, overlap=overlap, **kwargs)
+        out.append((result.loss, result.state, grads_of(params), torch.get_rng_state(), params))
+    return out
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [vp.fixed_plan(1), vp.fixed_plan(6), vp.fixed_plan(6, checkpoints=3), vp.fixed_plan(41)],
+    ids=["K=1", "K=6", "binomial", "one block"],
+)
+def test_lstm_with_dropout_same_as_without_overlap(plan):
+    cell = nn.LSTM(F, H, 3, dropout=0.4)
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    (l0, s0, g0, r0, params), (l1, s1, g1, r1, _) = _both(cell, x, y, plan)
+    assert math.isclose(l0, l1, rel_tol=1e-12)
+    assert_close_tree(s0, s1)
+    assert_grads_close(params, g0)  # the last run (with overlap) left these grads
+    assert torch.equal(r0, r1)
+
+
+def test_inputs_with_a_graph_and_a_leaf_state():
+    emb, gru = nn.Embedding(7, F), nn.GRU(F, H)
+    tokens, y = torch.randint(0, 7, (T, B)), torch.randn(T, B, H)
+    h0 = torch.randn(1, B, H, requires_grad=True)
+    out, _ = gru(emb(tokens), h0)
+    sq_loss(out, y).backward()
+    params = [*emb.parameters(), *gru.parameters(), h0]
+    expected = grads_of(params)
+    for p in params:
+        p.grad = None
+    vp.backward(vp.fixed_plan(5), gru, emb(tokens), targets=y, loss_fn=sq_loss, state=h0, overlap=True)
+    assert_grads_close(params, expected)
+
+
+def test_packed_batch_and_a_step_cell():
+    lengths = [23, 17, 9, 4]
+    cell = nn.LSTMCell(F, H)
+    x = pack_padded_sequence(padded(lengths, F), lengths)
+    y = pack_padded_sequence(padded(lengths, H), lengths)
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x_t, state):
+            h, c = self.cell(x_t, state)
+            return h, (h, c)
+
+    lstm = nn.LSTM(F, H)
+    loss, _, expected = packed_reference(lstm, x, y, None, list(lstm.parameters()))
+    result = vp.backward(vp.fixed_plan(4), lstm, x, targets=y, loss_fn=sq_loss, overlap=True)
+    assert math.isclose(result.loss, loss, rel_tol=1e-12)
+    assert_grads_close(list(lstm.parameters()), expected)
+    step = StepCell(Wrapped())
+    xs, ys = torch.randn(T, B, F), torch.randn(T, B, H)
+    (l0, _, g0, _, params), (l1, _, g1, _, _) = _both(step, xs, ys, vp.fixed_plan(5), state=(torch.zeros(B, H), torch.zeros(B, H)))
+    assert math.isclose(l0, l1, rel_tol=1e-12)
+    assert_grads_close(params, g0)
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_failure_while_overlapped_leaves_everything_as_it_was(where):
+    gru = nn.GRU(F, H)
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    gru.weight_hh_l0.grad = torch.ones_like(gru.weight_hh_l0)
+    before = grads_of(list(gru.parameters()))
+    calls = {"n": 0}
+
+    def loss_fn(out, target):
+        calls["n"] += 1
+        loss = sq_loss(out, target)
+        if calls["n"] == 4:
+            if where == "forward":
+                raise RuntimeError("injected")
+            loss.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("injected")))  # fails in backward
+        return loss
+
+    rng = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="injected"):
+        vp.backward(vp.fixed_plan(5), gru, x, targets=y, loss_fn=loss_fn, overlap=True)
+    assert_grads_close(list(gru.parameters()), before, atol=0)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_num_threads() == threads
+
+
+def test_overlap_is_off_where_it_cannot_be_kept_exact():
+    """A cell with buffers runs without overlap (a forward would restore them under a backward)."""
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.GRUCell(F, H)
+            self.norm = nn.BatchNorm1d(H)
+
+        def forward(self, x_t, h):
+            h = self.norm(self.cell(x_t, h))
+            return h, h
+
+    cell = StepCell(Normed())
+    x, y = torch.randn(T, B, F), torch.randn(T, B, H)
+    (l0, _, g0, _, params), (l1, _, g1, _, _) = _both(cell, x, y, vp.fixed_plan(5), state=torch.zeros(B, H))
+    assert math.isclose(l0, l1, rel_tol=1e-12)
+    assert_grads_close(params, g0)
