@@ -17,8 +17,6 @@ Use ``--quick`` for a shorter second part (T = 5000).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -31,31 +29,12 @@ import vlrnn_planner as vp
 from vlrnn_planner.budget import format_bytes
 from vlrnn_planner.planner import plan_for_profile
 
+from resident import peak_growth_since, reset_peak  # beside this file
+
 
 def loss_fn(outputs: torch.Tensor, targets: object) -> torch.Tensor:
     """The block's share of the loss (no targets: they would only add resident inputs)."""
     return outputs.square().mean()
-
-
-def _status() -> dict[str, int]:
-    found = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                found[key] = int(value.split()[0]) * 1024
-    return found
-
-
-def _reset_peak() -> int:
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status()["VmRSS"]
 
 
 def _case(hidden: int, inputs: int, seq_len: int, batch: int) -> tuple[torch.nn.LSTM, torch.Tensor]:
@@ -80,7 +59,7 @@ def child(args: argparse.Namespace) -> None:
         with open(args.plan) as f:
             plan = vp.Plan.from_json(f.read())
         sched = plan.schedule(seq_len=args.seq_len, batch_size=args.batch)
-        base = _reset_peak()
+        base = reset_peak()
         t0 = time.perf_counter()
         vp.backward(sched, cell, x, loss_fn=loss_fn)
         seconds = time.perf_counter() - t0
@@ -88,13 +67,13 @@ def child(args: argparse.Namespace) -> None:
                       checkpoints=sched.checkpoints, predicted=sched.predicted_peak_bytes,
                       predicted_seconds=sched.predicted_seconds, baseline_seconds=sched.baseline_seconds)
     else:
-        base = _reset_peak()
+        base = reset_peak()
         t0 = time.perf_counter()
         out, _ = cell(x)
         loss_fn(out, None).backward()
         seconds = time.perf_counter() - t0
         del out
-    result.update(growth=_status()["VmHWM"] - base, seconds=seconds)
+    result.update(growth=peak_growth_since(base), seconds=seconds)
     print(json.dumps(result))
 
 
