@@ -81,8 +81,11 @@ WORKER = textwrap.dedent(
         dist.all_gather(gathered, grads)
         if not all(torch.allclose(g, gathered[0], atol=1e-12, rtol=0) for g in gathered):
             report["ranks"] = "gradients differ between ranks"
-        print(json.dumps(report))
+        print(json.dumps(report), flush=True)
         dist.destroy_process_group()
+        # gloo's threads sometimes abort the interpreter's teardown ("terminate called without an
+        # active exception", about 1 run in 20 here): the report is out, so skip the teardown.
+        os._exit(0)
 
 
     if __name__ == "__main__":
