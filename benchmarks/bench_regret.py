@@ -39,7 +39,8 @@ def main(argv=None) -> float:
     x = torch.randn(args.seq_len, args.batch_size, 64)
     y = torch.randn(args.seq_len, args.batch_size, args.hidden_size)
     t0 = time.perf_counter()
-    plan = vp.auto_plan(cell, budget=args.budget, example_input=x[:64], example_target=y[:64], loss_fn=loss_fn)
+    plan = vp.auto_plan(cell, budget=args.budget, example_input=x[:64], example_target=y[:64], loss_fn=loss_fn,
+                        batch_size=args.batch_size)
     profiled = time.perf_counter() - t0
     chosen = plan.schedule(args.seq_len, args.batch_size)
     workload = Workload(seq_len=args.seq_len, batch_size=args.batch_size)

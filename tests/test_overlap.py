@@ -130,3 +130,89 @@ def test_overlap_is_off_where_it_cannot_be_kept_exact():
     (l0, _, g0, _, params), (l1, _, g1, _, _) = _both(cell, x, y, vp.fixed_plan(5), state=torch.zeros(B, H))
     assert math.isclose(l0, l1, rel_tol=1e-12)
     assert_grads_close(params, g0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The planner decides from the profile (NOTE [ Overlap in the cost model ])
+# ---------------------------------------------------------------------------------------------
+
+from vlrnn_planner.cost import SECOND_BLOCK, Workload  # noqa: E402
+from vlrnn_planner.solver import minimum_peak, solve  # noqa: E402
+
+_PROFILE = vp.CellProfile(
+    state_bytes_per_sample=1024.0,
+    activation_bytes_per_step=10_000.0,
+    fb_seconds_per_step_per_sample=1e-4,
+    advance_seconds_per_step_per_sample=3e-5,
+    block_overhead_seconds=1e-3,
+)
+
+
+@pytest.mark.parametrize("ratio, expected", [(None, False), (1.2, False), (0.97, False), (0.7, True)])
+def test_the_planner_overlaps_only_where_the_profile_measured_that_it_pays(ratio, expected):
+    profile = vp.CellProfile(**{**_PROFILE.to_dict(), "overlap_ratio": ratio})
+    workload = Workload(seq_len=1000, batch_size=8)
+    sched = solve(profile, 30_000_000, workload)
+    assert sched.strategy != "store_all" and sched.overlap is expected
+    parts = dict(sched.memory_parts)
+    if expected:
+        # the second block in flight is counted, and the time saved is what the ratio says
+        plain = solve(vp.CellProfile(**{**profile.to_dict(), "overlap_ratio": None}), 30_000_000, workload)
+        assert parts[SECOND_BLOCK] == parts["block in flight"] > 0
+        assert sched.predicted_peak_bytes <= 30_000_000
+        assert sched.predicted_seconds < plain.predicted_seconds
+    else:
+        assert SECOND_BLOCK not in parts
+
+
+def test_a_budget_that_fits_one_block_in_flight_only_plans_without_overlap():
+    profile = vp.CellProfile(**{**_PROFILE.to_dict(), "overlap_ratio": 0.5})
+    workload = Workload(seq_len=1000, batch_size=8)
+    sched = solve(profile, 30_000_000, workload)
+    assert sched.overlap
+    # a budget at the smallest peak of any schedule leaves no room for a second block
+    budget = minimum_peak(profile, workload).peak_bytes
+    tight = solve(profile, budget, workload)
+    assert not tight.overlap and tight.predicted_peak_bytes <= budget
+
+
+def test_overlap_travels_in_json_and_is_checked():
+    s = vp.Schedule("blocks", seq_len=100, block_length=10, overlap=True)
+    assert vp.Schedule.from_json(s.to_json()) == s and "overlap" in str(s)
+    with pytest.raises(vp.InvalidInputError, match="overlap"):
+        vp.Schedule("blocks", seq_len=100, block_length=10, overlap="yes")
+    bad = s.to_dict()
+    bad["overlap"] = 1
+    with pytest.raises(vp.InvalidInputError, match="overlap"):
+        vp.Schedule.from_dict(bad)
+
+
+def test_a_schedule_that_says_overlap_runs_overlapped_and_exact(monkeypatch):
+    from vlrnn_torch import overlap as overlap_module
+
+    made = []
+    real = overlap_module.Overlap
+
+    class Counting(real):
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr("vlrnn_torch.executor.Overlap", Counting)
+    torch.manual_seed(0)
+    cell = nn.GRU(3, 5).double()
+    x, y = torch.randn(40, 2, 3, dtype=torch.float64), torch.randn(40, 2, 5, dtype=torch.float64)
+    params = list(cell.parameters())
+    out, _ = cell(x)
+    sq_loss(out, y).backward()
+    expected = grads_of(params)
+    cell.zero_grad(set_to_none=True)
+    vp.backward(vp.Schedule("blocks", seq_len=40, block_length=10, overlap=True), cell, x, targets=y, loss_fn=sq_loss)
+    assert made, "the schedule's overlap was not used"
+    assert_grads_close(params, expected, atol=1e-10)
+
+
+def test_profile_measures_overlap():
+    profile = vp.auto_plan(nn.GRU(4, 8), budget="2GB").profile
+    assert profile.overlap_ratio is not None and 0 <= profile.overlap_ratio < 10
+    assert "overlap" in str(profile)

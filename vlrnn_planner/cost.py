@@ -35,6 +35,15 @@ no-grad steps are ``(E - n) * K``. Every block evaluation also pays the profile'
 blocks on some devices (a block's activations outgrow the caches; fresh memory is faulted in): the
 profile's `CellProfile.time_scale` factors, measured at several block lengths, scale the seconds
 per step at each block's length, so the planner ranks block lengths as they measure.
+
+NOTE [ Overlap in the cost model ]
+----------------------------------
+With overlap (NOTE [ Overlapping recomputation with backward ] in `vlrnn_torch.overlap`), each
+block but the first one backpropagated runs beside the recomputation of the block before it.
+The profile measures what a block with grad then takes relative to its time alone
+(`CellProfile.overlap_ratio`, ``r``), so a schedule of ``n`` blocks saves ``(1 - r) (n - 1) / n``
+of its seconds with grad, and holds two blocks in flight instead of one (the block being
+backpropagated and the next one being recomputed): the part ``"second block in flight"``.
 """
 
 from __future__ import annotations
@@ -66,12 +75,14 @@ __all__ = [
     "predicted_seconds",
     "baseline_seconds",
     "estimate",
+    "overlapped",
     "sample_step_prefix",
 ]
 
 STORED = "stored states"
 WORKING = "working state and its gradient"
 BLOCK = "block in flight"
+SECOND_BLOCK = "second block in flight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +376,7 @@ def _working_bytes(profile: CellProfile, workload: Workload) -> int:
 
 def _fixed_bytes(parts: Sequence[tuple[str, int]]) -> int:
     """Bytes of the parts held throughout: all but the states and the block."""
-    return sum(size for name, size in parts if name not in (STORED, WORKING, BLOCK))
+    return sum(size for name, size in parts if name not in (STORED, WORKING, BLOCK, SECOND_BLOCK))
 
 
 def peak_memory(
@@ -453,15 +464,19 @@ def predicted_seconds(
     """
     k = min(block_length, workload.seq_len)
     advanced = max(forward_evaluations - num_blocks, 0)
-    advance_scale, fb_scale = profile.time_scale(k)
+    advance_scale = profile.time_scale(k)[0]
     advance = advance_scale * (
         advanced * k * profile.advance_seconds_per_step
         + workload.advance_sample_steps(k, advanced) * profile.advance_seconds_per_step_per_sample
     )
-    fb = fb_scale * (
+    return advance + _fb_seconds(profile, workload, k) + advanced * profile.advance_overhead + num_blocks * profile.block_overhead_seconds
+
+
+def _fb_seconds(profile: CellProfile, workload: Workload, block_length: int) -> float:
+    """Seconds of every step run with grad and backpropagated, in blocks of ``block_length``."""
+    return profile.time_scale(block_length)[1] * (
         workload.seq_len * profile.fb_seconds_per_step + workload.sample_steps * profile.fb_seconds_per_step_per_sample
     )
-    return advance + fb + advanced * profile.advance_overhead + num_blocks * profile.block_overhead_seconds
 
 
 def baseline_seconds(profile: CellProfile, workload: Workload) -> float:
@@ -596,6 +611,46 @@ def estimate(
     seconds = predicted_seconds(profile, workload, block_length=k, num_blocks=n, forward_evaluations=evaluations)
     block = dict(parts)[BLOCK]
     return Estimate(peak, seconds, parts, evaluations, stored, boundary_state_bytes(profile, workload), block, _fixed_bytes(parts))
+
+
+def overlapped(profile: CellProfile, workload: Workload, e: Estimate, *, block_length: int) -> Estimate | None:
+    """``e`` with each block backpropagated beside the recomputation of the one before it
+    (NOTE [ Overlap in the cost model ]).
+
+    Parameters
+    ----------
+    profile : CellProfile
+        The cell's measured seconds, with `CellProfile.overlap_ratio`.
+    workload : Workload
+        The step's data.
+    e : Estimate
+        The schedule without overlap, from `estimate` (blocks of equal steps).
+    block_length : int
+        Its steps per block ``K``.
+
+    Returns
+    -------
+    Estimate or None
+        Fewer seconds and a second block in flight; None where overlap was not measured to pay
+        (`CellProfile.overlap_pays`) or there is one block.
+
+    Examples
+    --------
+    >>> p = CellProfile(activation_bytes_per_step=100.0, fb_seconds_per_step=1.0, overlap_ratio=0.5)
+    >>> w = Workload(seq_len=100, batch_size=1)
+    >>> e = estimate(p, w, strategy="blocks", block_length=10)
+    >>> o = overlapped(p, w, e, block_length=10)
+    >>> e.seconds - o.seconds, o.peak_bytes - e.peak_bytes
+    (45.0, 1000)
+    """
+    k = min(block_length, workload.seq_len)
+    n = math.ceil(workload.seq_len / k)
+    if not profile.overlap_pays or n < 2:
+        return None
+    saved = (1 - profile.overlap_ratio) * (n - 1) / n * _fb_seconds(profile, workload, k)
+    parts = e.memory_parts + ((SECOND_BLOCK, e.block_bytes),)
+    return Estimate(e.peak_bytes + e.block_bytes, e.seconds - saved, parts, e.forward_evaluations, e.stored_states,
+                    e.state_bytes, e.block_bytes, e.fixed_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

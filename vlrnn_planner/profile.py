@@ -31,11 +31,16 @@ from .budget import format_bytes, format_seconds
 from .errors import InvalidInputError
 from .records import read_bool, read_fields, read_int, read_number, read_optional, read_str
 
-__all__ = ["CellProfile", "describe_profile", "TIMING_SPREAD_LIMIT"]
+__all__ = ["CellProfile", "describe_profile", "TIMING_SPREAD_LIMIT", "OVERLAP_MIN_GAIN"]
 
 #: Repeated timings of one block that lie further apart than this (max / min - 1) make a profile
 #: unreliable: something else was using the device (NOTE [ Noisy profiles ] in the torch profiler).
 TIMING_SPREAD_LIMIT = 0.25
+
+#: The planner overlaps recomputation with backward only where a block with grad takes at most
+#: ``1 - OVERLAP_MIN_GAIN`` of its time alone (`CellProfile.overlap_ratio`): smaller gains are
+#: within what repeated timings differ by, and overlap holds a second block in flight.
+OVERLAP_MIN_GAIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,11 @@ class CellProfile:
         ``(block_length, no-grad factor, with-grad factor)``: the seconds per step at that block
         length over those of the linear model, measured; `time_scale` interpolates between them in
         ``log(block_length)`` and holds the end values beyond. Empty: 1 at every length.
+    overlap_ratio : float or None
+        Seconds of a block run with grad and backpropagated beside the recomputation of the block
+        before it (NOTE [ Overlapping recomputation with backward ] in `vlrnn_torch.overlap`), over
+        its seconds alone: below 1 where overlap pays, measured over a few blocks at the longest
+        profiled block length; None where not measured.
     timing_spread : float
         How far repeated timings of the same block lay apart after retries (``max / min - 1`` of
         the worst point): large when other work shared the device while profiling
@@ -137,6 +147,7 @@ class CellProfile:
     block_overhead_seconds: float = 0.0
     advance_overhead_seconds: float | None = None
     step_time_scale: tuple[tuple[int, float, float], ...] = ()
+    overlap_ratio: float | None = None
     timing_spread: float = 0.0
     device_total_bytes: int | None = None
     device_free_bytes: int | None = None
@@ -217,6 +228,12 @@ class CellProfile:
             return v1 if v1 <= v0 else min(v1 + w * (v1 - v0), 2 * v1)
 
         return carried(a0, a1), carried(f0, f1)
+
+    @property
+    def overlap_pays(self) -> bool:
+        """Whether overlapping recomputation with backward was measured to save at least
+        `OVERLAP_MIN_GAIN` of a block's seconds with grad."""
+        return self.overlap_ratio is not None and self.overlap_ratio <= 1 - OVERLAP_MIN_GAIN
 
     @property
     def timing_reliable(self) -> bool:
@@ -314,7 +331,7 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
         ),
         read_number,
     ),
-    "advance_overhead_seconds": lambda value, where: read_optional(value, where, read_number),
+    **dict.fromkeys(("advance_overhead_seconds", "overlap_ratio"), lambda value, where: read_optional(value, where, read_number)),
     "step_time_scale": _read_scale,
     **dict.fromkeys(("device_total_bytes", "device_free_bytes", "process_bytes", "allocator_reserved_bytes"), _optional_bytes),
     "loss_included": read_bool,
@@ -371,6 +388,11 @@ def describe_profile(profile: CellProfile) -> str:
         lines.append(
             "  seconds per step by block length (no grad, with grad, relative): "
             + ", ".join(f"K={k}: {a:.2f}, {f:.2f}" for k, a, f in p.step_time_scale)
+        )
+    if p.overlap_ratio is not None:
+        lines.append(
+            f"  a block with grad beside the next one's recomputation: {p.overlap_ratio:.2f} of its time alone"
+            + (" (overlap pays)" if p.overlap_pays else " (overlap does not pay)")
         )
     if not p.timing_reliable:
         lines.append(

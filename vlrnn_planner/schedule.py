@@ -29,6 +29,7 @@ from .records import (
     read_document,
     read_fields,
     read_int,
+    read_bool,
     read_int_tuple,
     read_number,
     read_optional,
@@ -263,6 +264,7 @@ _SCHEDULE_READERS = {
     "batch_size": partial(read_optional, read=read_int, minimum=1),
     "boundaries": read_int_tuple,
     "splits": read_int_tuple,
+    "overlap": read_bool,
     "prediction": _read_prediction,
 }
 _MOVED_TO_PREDICTION = ("predicted_peak_bytes", "predicted_seconds", "baseline_seconds", "memory_parts", "device", "budget_bytes")
@@ -297,6 +299,10 @@ class Schedule:
         recomputation time (`vlrnn_planner.strategies.chain_splits`, walked by
         `vlrnn_planner.strategies.binomial_splits`), ``num_blocks - 1`` of them; empty for the
         equal-cost binomial schedule.
+    overlap : bool, default False
+        Backpropagate each block while the block before it is recomputed (the planner sets it
+        where the profile measured that it pays: NOTE [ Overlap in the cost model ] in
+        `vlrnn_planner.cost`); two blocks are then in flight.
     prediction : Prediction or None
         The cost model's prediction, where a profile was known.
 
@@ -320,6 +326,7 @@ class Schedule:
     batch_size: int | None = None
     boundaries: tuple[int, ...] = ()
     splits: tuple[int, ...] = ()
+    overlap: bool = False
     prediction: Prediction | None = None
 
     def __post_init__(self) -> None:
@@ -333,6 +340,7 @@ class Schedule:
         for name in ("checkpoints", "batch_size"):
             read_optional(getattr(self, name), name, read_int, minimum=1)
         object.__setattr__(self, "levels", read_int_tuple(self.levels, "levels", minimum=1))
+        read_bool(self.overlap, "overlap")
         if not (self.prediction is None or isinstance(self.prediction, Prediction)):
             raise InvalidInputError(f"vlrnn_planner: prediction must be a Prediction or None, got {self.prediction!r}")
         self._set_blocks()
@@ -609,6 +617,8 @@ def describe_schedule(schedule: Schedule) -> str:
     if s.strategy != "store_all":
         evaluations = schedule_statistics(s).forward_evaluations
         lines.append(f"  block forward evaluations: {evaluations} ({evaluations - n} without grad, {n} with grad)")
+    if s.overlap:
+        lines.append("  overlap: each block is backpropagated while the one before it is recomputed")
     if s.prediction is not None:
         lines.extend(_describe_prediction(s.prediction))
     return "\n".join(lines)

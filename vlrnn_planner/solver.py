@@ -128,6 +128,7 @@ from .cost import (
     boundary_state_bytes,
     estimate,
     held_bytes,
+    overlapped,
     largest_block,
     peak_memory,
     sample_step_prefix,
@@ -228,6 +229,7 @@ class _Problem:
         baseline_seconds: float,
         *,
         checkpoints: int | None = None,
+        overlap: bool = False,
     ) -> Schedule:
         """The schedule of a shape of equal blocks, with its prediction."""
         return Schedule(
@@ -236,6 +238,7 @@ class _Problem:
             block_length=block_length,
             checkpoints=checkpoints,
             batch_size=self.workload.batch_size,
+            overlap=overlap,
             prediction=priced.prediction(
                 baseline_seconds=baseline_seconds, device=self.profile.device, budget_bytes=self.budget_bytes
             ),
@@ -322,19 +325,21 @@ def solve(
     best = _fastest_equal_blocks(problem)
     if best is None:
         raise _infeasible(problem)
-    strategy, k, checkpoints, e = best
-    return problem.schedule(strategy, k, e, baseline.seconds, checkpoints=checkpoints)
+    strategy, k, checkpoints, e, overlap = best
+    return problem.schedule(strategy, k, e, baseline.seconds, checkpoints=checkpoints, overlap=overlap)
 
 
-def _fastest_equal_blocks(problem: _Problem) -> tuple[str, int, int | None, Estimate] | None:
-    """The fastest fitting shape of equal blocks: strategy, K, checkpoints and its estimate; None
-    if none fits."""
+def _fastest_equal_blocks(problem: _Problem) -> tuple[str, int, int | None, Estimate, bool] | None:
+    """The fastest fitting shape of equal blocks: strategy, K, checkpoints, its estimate and
+    whether it overlaps recomputation with backward (NOTE [ Overlap in the cost model ]); None if
+    none fits."""
     profile, workload, budget = problem.profile, problem.workload, problem.budget_bytes
-    best: tuple[str, int, int | None, Estimate] | None = None
+    best: tuple[str, int, int | None, Estimate, bool] | None = None
     for strategy, k, checkpoints in _shapes(profile, workload, budget, problem.block_multiple):
         e = estimate(profile, workload, strategy=strategy, block_length=k, checkpoints=checkpoints)
-        if e.peak_bytes <= budget and (best is None or e.seconds < best[3].seconds):
-            best = (strategy, k, checkpoints, e)
+        for priced, overlap in ((e, False), (overlapped(profile, workload, e, block_length=k), True)):
+            if priced is not None and priced.peak_bytes <= budget and (best is None or priced.seconds < best[3].seconds):
+                best = (strategy, k, checkpoints, priced, overlap)
     return best
 
 
@@ -683,7 +688,7 @@ def _widest(problem: _Problem, prefix: Sequence[int], best: _Best | None) -> _Be
     uniform = _fastest_equal_blocks(replace(problem, workload=replace(problem.workload, batch_sizes=None)))
     if uniform is None:
         return best
-    strategy, k, checkpoints, _ = uniform
+    strategy, k, checkpoints, _, _ = uniform
     if strategy == "store_all":
         return best  # it fits the widest batch, so plain BPTT fitted this one: not asked here
     seq_len = problem.workload.seq_len

@@ -22,6 +22,15 @@ also changes with the block length (activations outgrow the caches, fresh memory
 so blocks of 256 steps, and 4 times longer while a block takes under 0.3 s, are timed at the full
 batch too, and the ratio to the fit is kept as `CellProfile.step_time_scale`.
 
+NOTE [ Fitting the time per block ]
+-----------------------------------
+The fixed seconds per block (launches, Python, bookkeeping) decide how short blocks may be, and a
+fit over block lengths 16 and 64 alone puts into it whatever those two short blocks measure
+beyond a straight line: on a 2-core CPU that made it 9 ms where the calls measured about 1, and
+the planner then chose blocks several times longer than the fastest. So the overhead is the
+intercept of a line through the full-batch points at every length timed (16 to 1024 and beyond),
+and the per-step and per-sequence parts are fitted to the grid with that intercept taken off.
+
 NOTE [ Noisy profiles ]
 -----------------------
 Each point is timed ``REPEATS`` times and the fastest run is kept. Where the runs of a point lie
@@ -29,6 +38,17 @@ more than `TIMING_SPREAD_LIMIT` apart (another process shared the device), the p
 ``EXTRA_REPEATS`` more times and the spread recomputed over its ``REPEATS`` fastest runs. What
 spread remains is kept as `CellProfile.timing_spread`; a profile over the limit says so in its
 summary and in every plan made from it.
+
+NOTE [ Measuring overlap ]
+--------------------------
+Whether backpropagating a block beside the recomputation of the block before it (NOTE
+[ Overlapping recomputation with backward ] in `vlrnn_torch.overlap`) pays depends on the device:
+on a GPU the two share its units through two streams, on a CPU they share its cores. So calls
+over ``OVERLAP_BLOCKS`` blocks at the longest block length of the fit and the larger batch are
+timed with overlap on and off, alternately, ``REPEATS`` times each; the fastest of each give the
+seconds saved per overlapped block, kept relative to the block's seconds with grad as
+`CellProfile.overlap_ratio`. The planner turns overlap on only where it saves enough
+(`vlrnn_planner.profile.OVERLAP_MIN_GAIN`).
 
 NOTE [ CPU memory ]
 -------------------
@@ -101,6 +121,7 @@ BUILTIN_BATCH = 32
 MIN_MEASURABLE_GROWTH = 4 * 2**20  # below this, the CPU's resident set is too noisy to calibrate
 REPEATS = 2
 EXTRA_REPEATS = 3
+OVERLAP_BLOCKS = 3  # NOTE [ Measuring overlap ]
 CPU_ALLOCATOR_OVERHEAD_BYTES = 48 * 2**20  # NOTE [ CPU allocator overhead ]
 
 # The old private name of the CPU's resident-set reading (kept for the benchmarks that use it).
@@ -378,14 +399,15 @@ def _data(setup: _Setup, k: int, b: int, blocks: int = 2) -> tuple[Any, Any, Any
     return setup.inputs(blocks * k, b), setup.targets(blocks * k, b), setup.state(b)
 
 
-def _call(setup: _Setup, k: int, b: int, blocks: int = 2, observer: Any = None, data: Any = None) -> None:
+def _call(setup: _Setup, k: int, b: int, blocks: int = 2, observer: Any = None, data: Any = None,
+          overlap: bool = False) -> None:
     """One call of the executor over ``blocks`` blocks of ``k`` steps at batch ``b``."""
     x, y, state = _data(setup, k, b, blocks) if data is None else data
     schedule = Schedule("blocks", seq_len=blocks * k, block_length=k)
     view = make_view(setup.adapter, x, y, setup.time_dim)
     with torch.enable_grad():
         run_schedule(schedule, setup.adapter, view, state=state, loss_fn=setup.loss_fn, final_loss_fn=None,
-                     verify=False, keep=False, observer=observer)
+                     verify=False, keep=False, observer=observer, overlap=overlap)
 
 
 def _time_point(setup: _Setup, point: _Point, resident: ResidentPeak | None, repeats: int) -> None:
@@ -408,6 +430,22 @@ def _measure_point(setup: _Setup, k: int, b: int, resident: ResidentPeak | None)
         _time_point(setup, point, resident, 1)
         extra += 1
     return point
+
+
+def _overlap_ratio(setup: _Setup, point: _Point) -> float:
+    """A block's seconds with grad beside the recomputation of the one before it, over its
+    seconds alone (NOTE [ Measuring overlap ])."""
+    data = _data(setup, point.k, point.b, OVERLAP_BLOCKS)
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(REPEATS):
+        for overlap in (False, True):
+            setup.sync()
+            started = time.perf_counter()
+            _call(setup, point.k, point.b, OVERLAP_BLOCKS, data=data, overlap=overlap)
+            setup.sync()
+            runs[overlap].append(time.perf_counter() - started)
+    saved = (min(runs[False]) - min(runs[True])) / (OVERLAP_BLOCKS - 1)
+    return max(0.0, 1 - saved / point.fb_seconds)
 
 
 def _accounted(setup: _Setup, k: int, b: int) -> int:
@@ -478,6 +516,7 @@ class _Measured:
     target_bytes: float
     anchor: _Point | None = None
     calibration: _Point | None = None
+    overlap_ratio: float | None = None
 
 
 def _measure(setup: _Setup, resident: ResidentPeak | None) -> _Measured:
@@ -501,6 +540,7 @@ def _measure(setup: _Setup, resident: ResidentPeak | None) -> _Measured:
         if point.fb_seconds > SCALE_TIME_LIMIT:
             break
     measured = _Measured(points, scale_points, **sizes)
+    measured.overlap_ratio = _overlap_ratio(setup, points[-1])
     if resident is not None and resident.available:
         k_high = BLOCK_LENGTHS[-1]
         for name, k in (("anchor", k_high), ("calibration", 2 * k_high)):
@@ -567,20 +607,24 @@ class _TimeFit:
 
 
 def _fit_time(measured: _Measured) -> _TimeFit:
-    """The linear fit over the grid, and the scale factors at the longer blocks."""
-    points = measured.points
-    rows = [(p.k, p.k * p.b, 1.0) for p in points]
-    adv = _nonnegative_lstsq(rows, [p.advance_seconds for p in points])
-    fb = _nonnegative_lstsq(rows, [p.fb_seconds for p in points])
+    """The linear fit over the grid, and the scale factors at the longer blocks (NOTE [ Fitting
+    the time per block ])."""
+    points, full = measured.points, measured.points[len(BLOCK_LENGTHS):] + measured.scale_points
+    fits = []
+    for seconds in (lambda p: p.advance_seconds, lambda p: p.fb_seconds):
+        overhead = _nonnegative_lstsq([(p.k, 1.0) for p in full], [seconds(p) for p in full])[1]
+        per_step = _nonnegative_lstsq([(p.k, p.k * p.b) for p in points], [seconds(p) - overhead for p in points])
+        fits.append((per_step[0], per_step[1], overhead))
+    adv, fb = fits
     scale = []
-    for p in points[len(BLOCK_LENGTHS):] + measured.scale_points:  # the full batch
+    for p in full:
         linear_adv = p.k * (adv[0] + adv[1] * p.b)
         linear_fb = p.k * (fb[0] + fb[1] * p.b)
         if linear_adv > 0 and linear_fb > 0:
             scale.append((p.k, max(p.advance_seconds - adv[2], 1e-12) / linear_adv,
                           max(p.fb_seconds - fb[2], 1e-12) / linear_fb))
     spread = max(p.spread() for p in points + measured.scale_points)
-    return _TimeFit(tuple(adv), tuple(fb), tuple(scale), spread)
+    return _TimeFit(adv, fb, tuple(scale), spread)
 
 
 @dataclass(frozen=True)
@@ -704,6 +748,7 @@ def _describe(setup: _Setup, measured: _Measured, timing: _TimeFit, memory: _Mem
         advance_overhead_seconds=timing.advance[2],
         step_time_scale=timing.scale,
         timing_spread=timing.spread,
+        overlap_ratio=measured.overlap_ratio,
         allocator_overhead_bytes=0 if setup.cuda else CPU_ALLOCATOR_OVERHEAD_BYTES,
         loss_included=loss_included,
         measured_by=memory.measured_by,
