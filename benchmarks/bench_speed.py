@@ -6,7 +6,13 @@ All three compute the same gradients of the same loss. The runs alternate in one
     python benchmarks/bench_speed.py                      # 2-layer LSTM 256, batch 16, T=1000, K=50
     python benchmarks/bench_speed.py --seq-len 4000 --repeats 5
 
-Targets on a CPU: ours / plain BPTT <= 1.10, ours / torch.utils.checkpoint <= 1.00.
+Also timed, to show what bounds the ratios: truncated BPTT with the same block length (not
+exact: the state is detached at every boundary), the forward pass without grad alone (the one
+extra pass block BPTT pays), truncated BPTT on one thread (what each side of an overlap gets on a
+2-core CPU), and block BPTT with recomputation overlapped with backward.
+
+Targets on a CPU: ours / plain BPTT <= 1.10 (0.90 with overlap), ours / torch.utils.checkpoint
+<= 1.00, ours / truncated BPTT <= 1.10 with overlap.
 """
 
 from __future__ import annotations
@@ -55,6 +61,24 @@ def truncated_bptt(cell, x, y, k):
         state = tuple(s.detach() for s in state)
 
 
+def no_grad_forward(cell, x, k):
+    """The extra pass of block BPTT alone: the cell over every block but the last, without grad."""
+    with torch.no_grad():
+        state = None
+        for start in range(0, x.size(0) - k, k):
+            _, state = cell(x[start : start + k], state)
+
+
+def one_thread(fn):
+    """``fn`` with torch's intra-op threads set to one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def ours(cell, x, y, k, plan, overlap=False):
     vp.backward(plan, cell, x, targets=y, loss_fn=loss_fn, overlap=overlap)
 
@@ -85,8 +109,10 @@ def main(argv=None) -> None:
     grads = {}
     runs["truncated BPTT"] = lambda: truncated_bptt(cell, x, y, k)
     runs["vlrnn_planner, overlap"] = lambda: ours(cell, x, y, k, plan, overlap=True)
+    runs["forward without grad"] = lambda: no_grad_forward(cell, x, k)
+    runs["truncated, 1 thread"] = lambda: one_thread(lambda: truncated_bptt(cell, x, y, k))
     for name, fn in runs.items():
-        if name in ("truncated BPTT",):
+        if name in ("truncated BPTT", "forward without grad", "truncated, 1 thread"):
             continue
         cell.zero_grad(set_to_none=True)
         fn()
@@ -116,6 +142,10 @@ def main(argv=None) -> None:
         "   (target <= 1.00)"
     )
     print(f"  ours / truncated BPTT (K={k})   = {med['vlrnn_planner'] / med['truncated BPTT']:.3f}")
+    print(f"  forward without grad / truncated BPTT = {med['forward without grad'] / med['truncated BPTT']:.3f}"
+          "   (what block BPTT adds, before its own overheads)")
+    print(f"  truncated BPTT, {torch.get_num_threads()} threads over 1 thread = "
+          f"{med['truncated BPTT'] / med['truncated, 1 thread']:.3f}   (overlap can only pay where this is well above 0.5)")
     over = med["vlrnn_planner, overlap"]
     print(f"  with overlap: / plain BPTT = {over / med['plain BPTT']:.3f}, / truncated BPTT = "
           f"{over / med['truncated BPTT']:.3f}   (targets <= 0.90 and <= 1.10)")
