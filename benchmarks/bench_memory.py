@@ -8,8 +8,9 @@ Run ``python benchmarks/bench_memory.py`` (CPU; about a minute). Two parts:
    ``VmHWM``). Measured peak = parameters + inputs (resident before the call) + that growth.
    Targets: measured never over the budget; predicted within 1.3x of measured.
 2. T = 20000, batch 8, LSTM 2 x 128: the planned run's peak growth against plain BPTT's (the cell
-   over the whole sequence, then ``loss.backward()``), each in a fresh process. Target: a tenth
-   or less.
+   over the whole sequence, then ``loss.backward()``), each in a fresh process, at a budget that
+   leaves the planned run a twentieth of plain BPTT's growth (or just over the least any schedule
+   needs, where the CPU's allocator allowance alone is more). Target: a tenth or less.
 
 Use ``--quick`` for a shorter second part (T = 5000).
 """
@@ -27,7 +28,9 @@ import torch
 
 import vlrnn_planner as vp
 from vlrnn_planner.budget import format_bytes
+from vlrnn_planner.cost import Workload
 from vlrnn_planner.planner import plan_for_profile
+from vlrnn_planner.solver import minimum_peak
 
 from resident import peak_growth_since, reset_peak  # beside this file
 
@@ -49,11 +52,13 @@ def child(args: argparse.Namespace) -> None:
     cell, x = _case(args.hidden, args.inputs, args.seq_len, args.batch)
     param_bytes = sum(p.numel() * p.element_size() for p in cell.parameters())
     result: dict[str, object] = {"params": param_bytes, "inputs": x.numel() * x.element_size()}
-    # Warm up on a few steps (lazy initialisation of thread pools and allocator arenas is not a
+    # Warm up on a few steps (lazy initialisation of thread pools and allocator arenas, and the
+    # library's own first call, some 20 MB of resident memory once per process, are not a
     # training step's memory), then drop the gradients it left.
     out, _ = cell(x[:4])
     loss_fn(out, None).backward()
     del out
+    vp.backward(vp.fixed_plan(2), cell, x[:4], loss_fn=loss_fn)
     cell.zero_grad(set_to_none=True)
     if args.plan or args.budget:
         if args.budget:  # warm: profiled in this process, right before the call
@@ -68,7 +73,8 @@ def child(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - t0
         result.update(strategy=sched.strategy, block_length=sched.block_length,
                       checkpoints=sched.checkpoints, predicted=sched.predicted_peak_bytes,
-                      predicted_seconds=sched.predicted_seconds, baseline_seconds=sched.baseline_seconds)
+                      predicted_seconds=sched.predicted_seconds, baseline_seconds=sched.baseline_seconds,
+                      allowance=dict(sched.memory_parts).get("allocator overhead", 0))
     else:
         base = reset_peak()
         t0 = time.perf_counter()
@@ -112,22 +118,32 @@ def main(args: argparse.Namespace) -> None:
           f"({profile.measured_by})")
     print(f"T={seq_len}, batch {batch}; measured peak = parameters + inputs + peak resident growth\n")
     header = (f"{'budget':>8} {'process':>7} {'strategy':>9} {'K':>5} {'predicted':>10} {'measured':>10} "
-              f"{'pred/meas':>9} {'fits':>5} {'time':>7} {'pred time':>9}")
+              f"{'pred/meas':>9} {'fits':>5} {'time':>7} {'pred time':>9} {'heap':>10}")
     print(header)
     print("-" * len(header))
     ok = True
-    for spec in ("100MB", "200MB", "400MB", "1GB"):
+    for spec in args.budgets:
         plan = plan_for_profile(profile, spec)
+        try:
+            plan.schedule(seq_len=seq_len, batch_size=batch)
+        except vp.InfeasibleBudgetError as e:
+            print(f"{spec:>8}: no schedule fits (the least any needs is {format_bytes(e.minimum_bytes)})")
+            continue
         path = _write_plan(plan, os.path.join(workdir, f"plan_{spec}.json"))
         for how, r in (("fresh", _spawn(path, hidden, inputs, seq_len, batch)),
                        ("warm", _spawn(None, hidden, inputs, seq_len, batch, budget=spec))):
             measured = r["params"] + r["inputs"] + r["growth"]
             ratio = r["predicted"] / measured
+            beyond = measured - (r["predicted"] - r["allowance"])  # what the allocator allowance covers
             fits = measured <= plan.budget_bytes
             ok &= fits and 1 / 1.2 <= ratio <= 1.2
             print(f"{spec:>8} {how:>7} {r['strategy']:>9} {r['block_length']:>5} {format_bytes(r['predicted']):>10} "
                   f"{format_bytes(measured):>10} {ratio:>9.2f} {'yes' if fits else 'NO':>5} "
-                  f"{r['seconds']:>6.2f}s {r['predicted_seconds']:>8.2f}s")
+                  f"{r['seconds']:>6.2f}s {r['predicted_seconds']:>8.2f}s {format_bytes(beyond):>10}")
+
+    if args.part1:
+        print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
+        return
 
     # Part 2: T = 20000, batch 8, LSTM 2 x 128: planned growth against plain BPTT's.
     hidden, inputs, batch = 128, 64, 8
@@ -137,7 +153,9 @@ def main(args: argparse.Namespace) -> None:
     plain = _spawn(None, hidden, inputs, seq_len, batch)
     # A budget that leaves the planned run a twentieth of plain BPTT's growth for its own use.
     fixed = plain["params"] + plain["inputs"]
-    plan = plan_for_profile(profile, fixed + plain["growth"] // 20)
+    workload = Workload(seq_len=seq_len, batch_size=batch)
+    smallest = minimum_peak(profile, workload).peak_bytes  # at short T, the CPU allocator allowance can exceed it
+    plan = plan_for_profile(profile, max(fixed + plain["growth"] // 20, smallest * 21 // 20))
     r = _spawn(_write_plan(plan, os.path.join(workdir, "plan_long.json")), hidden, inputs, seq_len, batch)
     ratio = r["growth"] / plain["growth"]
     ok &= ratio <= 0.1
@@ -159,6 +177,8 @@ if __name__ == "__main__":
     parser.add_argument("--inputs", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, default=4000, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--budgets", nargs="+", default=["100MB", "200MB", "400MB", "1GB"], help="part 1's budgets")
+    parser.add_argument("--part1", action="store_true", help="part 1 only")
     parser.add_argument("--quick", action="store_true", help="T = 5000 instead of 20000 in part 2")
     args = parser.parse_args()
     child(args) if args.child else main(args)

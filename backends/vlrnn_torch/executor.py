@@ -27,6 +27,15 @@ recomputation of block 0 sees what the no-grad pass saw. Hooks on the parameters
 synchronising DDP cell are refused (they would run after the all-reduce), as are DDP's modes that
 run their own reducer from hooks (``_use_python_reducer``, ``_delay_all_reduce_all_params``).
 
+NOTE [ What torch loads on the first backward ]
+-----------------------------------------------
+``torch.autograd.backward`` imports ``torch.fx.experimental.symbolic_shapes`` (and sympy with it)
+the first time it is given ``grad_tensors``, which every block's traversal is (the delta at the
+block's output): some 35 MB of resident memory on a CPU, once per process. Left to the first call,
+it would count as part of that training step's peak, which the planner does not predict (fresh
+processes measured 35-40 MB more in their first call than in every later one). It is imported
+with the backend instead, as torch itself is: memory of the process, not of a step.
+
 NOTE [ Verifying the recomputation ]
 ------------------------------------
 Block ``b`` re-run with grad must end in the state the no-grad pass computed at boundary ``b + 1``
@@ -51,6 +60,7 @@ from functools import singledispatch
 from typing import Any
 
 import torch
+import torch.fx.experimental.symbolic_shapes  # noqa: F401  NOTE [ What torch loads on the first backward ]
 from torch import nn
 
 from vlrnn_planner.actions import Advance, ForwardBackward, Free

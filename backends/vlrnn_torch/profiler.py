@@ -67,11 +67,14 @@ NOTE [ CPU allocator overhead ]
 On CPU the tensors of a block come from glibc's heap. A training step alternates blocks without
 grad (few, large outputs) and blocks with grad (many per-step tensors freed in reverse), and the
 heap keeps freed memory in fragments that the next block cannot always reuse, so the resident set
-grows beyond what the tensors need. In fresh processes (benchmarks/bench_memory.py) this came to a
-nearly fixed 38-45 MB for an LSTM 2 x 256 at batch 32 (K = 109..667) and an LSTM 2 x 128 at batch 8
-(K = 513), while the growth per step and sequence matched the saved-tensor accounting. A process
-that is already warm cannot see it (its heap has resident free pages), so it is not measured here:
-the planner counts this upper end on CPU.
+grows beyond what the tensors need. How much is not a function of the schedule: for an LSTM
+2 x 256 at batch 32 (benchmarks/bench_memory.py, each case in a process of its own after one warm
+-up call) the growth beyond the model's tensors ranged from -22 MB to +50 MB over block lengths 5
+to 267, fresh and warm alike, and varied between runs of the same schedule. (Earlier
+measurements put a nearly fixed 38-45 MB here; most of it was torch importing sympy in the
+first call, NOTE [ What torch loads on the first backward ] in the executor.) A process cannot
+measure this ahead of time, so the planner counts its upper end on CPU: predictions err high by
+up to that much, and small budgets see it most.
 
 NOTE [ GPU memory as reserved ]
 -------------------------------
