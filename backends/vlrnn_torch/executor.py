@@ -582,16 +582,7 @@ def run_schedule(
     PerCallEffectError, UnsupportedHookError
         Before any work (NOTE [ Effects per call ], NOTE [ Hooks ]).
     """
-    if torch.is_inference_mode_enabled():
-        raise NoGradientError(
-            "vlrnn_torch: called under torch.inference_mode(), where no gradient can flow; call "
-            "vlrnn_planner.backward outside it"
-        )
-    if not torch.is_grad_enabled():
-        raise NoGradientError(
-            "vlrnn_torch: called with grad disabled (torch.no_grad()), where loss.backward() would "
-            "find no graph; call vlrnn_planner.backward with grad enabled"
-        )
+    _refuse_without_grad()
     check_module_hooks(adapter.inner, per_step=adapter.kind == "step")
     params = _module_parameters(adapter.cell) + _module_parameters(loss_fn) + _module_parameters(final_loss_fn)
     sync = _check_ddp(adapter, params)
@@ -636,18 +627,7 @@ def run_schedule(
                    reads=reads, parametrizations=parametrizations, verify=verify, sync=sync, own=own)
         if overlap and not buffers and adapter.ddp is None and not adapter.compiled and observer is None:
             run.overlap = Overlap(view.device)
-        actions = Lookahead(schedule.actions, lambda a: isinstance(a, Free))
-        for action in actions:
-            if observer is not None:
-                observer(action, "before")
-            if run.overlap is not None and isinstance(action, ForwardBackward):
-                _forward_backward_overlapped(action, run, actions)
-            else:
-                _apply(action, run)
-            if observer is not None:
-                observer(action, "after")
-        if run.next_block != -1:
-            raise ScheduleError(f"vlrnn_planner: the schedule ended with block {run.next_block} not backpropagated")
+        _interpret(run, observer)
         if run.overlap is not None:
             run.overlap.finish()
         if hook is not None:
@@ -691,6 +671,37 @@ def run_schedule(
     result = Result(loss=total, state=run.final_state, schedule=schedule, forward_evaluations=run.forward_evaluations)
     run.release()
     return result
+
+
+def _refuse_without_grad() -> None:
+    """Raise `NoGradientError` where grad mode lets no gradient flow, as ``loss.backward()`` would."""
+    if torch.is_inference_mode_enabled():
+        raise NoGradientError(
+            "vlrnn_torch: called under torch.inference_mode(), where no gradient can flow; call "
+            "vlrnn_planner.backward outside it"
+        )
+    if not torch.is_grad_enabled():
+        raise NoGradientError(
+            "vlrnn_torch: called with grad disabled (torch.no_grad()), where loss.backward() would "
+            "find no graph; call vlrnn_planner.backward with grad enabled"
+        )
+
+
+def _interpret(run: _Run, observer: Observer | None) -> None:
+    """Carry out the schedule's actions in order, one handler per action type (a block
+    backpropagated beside the next one's recomputation where ``run.overlap`` is set)."""
+    actions = Lookahead(run.schedule.actions, lambda a: isinstance(a, Free))
+    for action in actions:
+        if observer is not None:
+            observer(action, "before")
+        if run.overlap is not None and isinstance(action, ForwardBackward):
+            _forward_backward_overlapped(action, run, actions)
+        else:
+            _apply(action, run)
+        if observer is not None:
+            observer(action, "after")
+    if run.next_block != -1:
+        raise ScheduleError(f"vlrnn_planner: the schedule ended with block {run.next_block} not backpropagated")
 
 
 def _backpropagate_upstream(run: _Run, state_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
