@@ -9,6 +9,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import LSTM_PROFILE
 
 import vlrnn_planner as vp
@@ -132,17 +134,18 @@ TINY = CellProfile(
 )
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_no_cut_runs_blocks_faster(seed):
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 11), min_size=2, max_size=5).filter(lambda ls: len(set(ls)) > 1),
+    states=st.integers(4, 22),
+    steps=st.integers(1, 8),
+)
+def test_no_cut_runs_blocks_faster(lengths, states, steps):
     """NOTE [ Planning a packed batch per call ]: the blocks cut made to the budget is the fastest
     blocks schedule of every cut that fits, all 2^(T-1) of them priced by the simulator."""
-    rng = random.Random(seed)
-    lengths = [rng.randint(1, 11) for _ in range(rng.randint(2, 5))]
     sizes = packed(lengths)
     seq_len, batch = len(sizes), len(lengths)
-    if len(set(sizes)) == 1:
-        return
-    budget = 1000 + rng.randint(4, 2 * seq_len) * 100 * batch + rng.randint(1, 8) * 60 * batch
+    budget = 1000 + min(states, 2 * seq_len) * 100 * batch + steps * 60 * batch
     fastest = math.inf
     for cut in itertools.product([False, True], repeat=seq_len - 1):
         bounds = (0, *(t for t, c in enumerate(cut, start=1) if c), seq_len)
@@ -160,12 +163,11 @@ def test_no_cut_runs_blocks_faster(seed):
     assert quick.predicted_seconds <= fastest * (1 + 1e-12)
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_cut_to_caps_is_the_fewest_blocks_and_the_longest_last(seed):
-    rng = random.Random(seed)
-    widths = [rng.randint(1, 5) for _ in range(rng.randint(1, 10))]
+@settings(max_examples=200, deadline=None)
+@given(widths=st.lists(st.integers(1, 5), min_size=1, max_size=10), top=st.integers(3, 14), slope=st.integers(0, 2))
+def test_cut_to_caps_is_the_fewest_blocks_and_the_longest_last(widths, top, slope):
+    """NOTE [ Greedy cuts against caps ], against every cut of the segments."""
     segments = segment_prefix([0, *itertools.accumulate(widths)])
-    top, slope = rng.randint(3, 14), rng.randint(0, 2)
 
     def caps(b):
         return top - slope * b

@@ -624,9 +624,15 @@ def _capped_blocks(room: _Room) -> _Best | None:
         return room.cap(b + 2)  # b stored before block b, its input state, the delta at its output
 
     front = cut_to_caps(room.segments, caps)
-    if front is None or len(front) < 3:
-        return None  # nothing fits, or one block: plain BPTT, which did not fit
-    bounds = cut_to_caps(room.segments, caps, num_blocks=len(front) - 1) or front
+    if front is None or len(room.segments) < 3:
+        return None  # nothing fits, or one segment: plain BPTT, which did not fit
+    # One block within the caps is plain BPTT, which did not fit (it holds more than the caps
+    # count): then two blocks, the last as long as it may be.
+    bounds = cut_to_caps(room.segments, caps, num_blocks=max(len(front) - 1, 2))
+    if bounds is None:
+        if len(front) < 3:
+            return None
+        bounds = front
     chain = room.chain(bounds)
     peak, seconds, at = chain.blocks_cost()
     if peak > room.problem.budget_bytes:
