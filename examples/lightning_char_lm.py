@@ -1,5 +1,4 @@
-"""Train the character-level language model of ``char_lm.py`` with Lightning, exact BPTT in
-``training_step``.
+"""Train the character-level model of ``char_lm.py`` with Lightning, exact BPTT in ``training_step``.
 
 Lightning 2 removed truncated BPTT from its trainer; what it documents instead is manual
 optimization: ``training_step`` cuts the sequence into chunks, backpropagates each chunk with the
@@ -120,11 +119,12 @@ class LitCharLM(L.LightningModule):
 
 def main(argv: list[str] | None = None) -> None:
     """Fit on the standard library's source; validate on its held-out files."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-len", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--budget", default="100MB")
-    parser.add_argument("--max-steps", type=int, default=100)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--seq-len", type=int, default=1000, help="characters per sequence and update")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per update")
+    parser.add_argument("--budget", default="100MB", help="memory budget that auto_plan plans the updates to")
+    parser.add_argument("--max-steps", type=int, default=100, help="updates to train")
     parser.add_argument("--valid-every", type=int, default=20, help="validate every this many updates")
     args = parser.parse_args(argv)
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[str, set[str]]] = {
     ),
     "planner": (
         "auto_plan and plan_for_profile: budget plans from a backend or a profile",
-        {"backends", "budget", "errors", "plan", "profile", "records", "solver"},
+        {"backends", "budget", "cost", "errors", "plan", "profile", "records", "solver"},
     ),
     "__init__": (
         "the public API and backward()",

@@ -167,3 +167,13 @@ def test_memory_parts_add_up_to_the_peak_for_shrinking_batches():
         assert parts["allocator overhead"] == 4096
         resident = 2 * max(sum(sizes[a:b]) for a, b in zip(s.boundaries, s.boundaries[1:])) if host else sum(sizes)
         assert parts["inputs"] == resident * LSTM.input_bytes_per_step
+
+
+def test_a_budget_nothing_fits_is_refused_when_planning_not_at_the_first_call():
+    """The parameters, their gradients and the CPU's allocator allowance alone are over 40 MB."""
+    profile = vp.CellProfile(parameter_bytes=2_000_000, gradient_bytes=2_000_000, allocator_overhead_bytes=50 * 2**20,
+                             state_bytes_per_sample=64.0, activation_bytes_per_step=1000.0)
+    with pytest.raises(vp.InfeasibleBudgetError, match="allocator overhead") as caught:
+        plan_for_profile(profile, "40MB")
+    assert caught.value.minimum_bytes > 40_000_000
+    assert plan_for_profile(profile, "80MB").schedule(seq_len=100, batch_size=2).predicted_peak_bytes <= 80_000_000

@@ -13,11 +13,12 @@ from typing import Any
 
 from .backends import find_backend
 from .budget import Budget, parse_budget
+from .cost import Workload
 from .errors import InvalidInputError
 from .plan import Plan
 from .profile import CellProfile
 from .records import positive_int
-from .solver import candidate_block_lengths, cut_by_sample_steps, minimum_peak
+from .solver import candidate_block_lengths, cut_by_sample_steps, minimum_peak, solve
 
 __all__ = [
     "auto_plan",
@@ -97,6 +98,9 @@ def auto_plan(
     InvalidInputError
         For a budget that does not parse, a share where the device reports no memory, or a
         backend that cannot profile.
+    InfeasibleBudgetError
+        For a budget that not even one step of one sequence fits (the message lists what the
+        least needs).
     """
     parsed = parse_budget(budget)
     if backend is None:
@@ -158,6 +162,8 @@ def plan_for_profile(
         For something that is not a `CellProfile`, a budget that does not parse or resolve,
         inputs on the host of a CPU, a block multiple that is not a positive int, or an unknown
         ``search``.
+    InfeasibleBudgetError
+        For a budget that not even one step of one sequence fits.
 
     Examples
     --------
@@ -180,6 +186,8 @@ def plan_for_profile(
         )
     parsed = parse_budget(budget)
     budget_bytes = parsed.resolve(available_bytes=profile.available_bytes)
+    # A budget that not even one step of one sequence fits is refused now, not at the first call.
+    solve(profile, budget_bytes, Workload(seq_len=1, batch_size=1, inputs_on_host=inputs_on_host))
     return Plan(
         budget_bytes=budget_bytes,
         profile=profile,

@@ -329,7 +329,7 @@ class Adapter:
         for module in self.inner.modules():
             if isinstance(module, nn.RNNBase):
                 hint = (
-                    f" (it holds an {type(module).__name__} with batch_first={module.batch_first}: "
+                    f" (inside it, nn.{type(module).__name__} has batch_first={module.batch_first}: "
                     f"time_dim={1 if module.batch_first else 0} is likely)"
                 )
                 break

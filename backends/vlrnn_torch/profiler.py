@@ -668,8 +668,8 @@ def _fit_memory_cpu(measured: _Measured, resident: ResidentPeak) -> _MemoryFit:
         slope = max(measured_slope, accounted[0])
         fixed = max(0.0, max(p.activation_bytes - slope * p.k * p.b for p in (anchor, calibration)))
         factor = measured_slope / accounted[0] if accounted[0] > 0 else float("nan")
-        measured_by = (f"cpu: what autograd saves (saved-tensor accounting), calibrated by the peak "
-                       f"resident set, which grew {factor:.2f}x as much per step and sequence")
+        measured_by = (f"cpu: the peak resident set of real blocks (its growth per step and sequence "
+                       f"{factor:.2f}x what autograd saves), never below what autograd saves")
         notes.append(f"saved-tensor accounting {format_bytes(accounted[0])} per step and sequence; peak "
                      f"resident growth {format_bytes(measured_slope)} per step and sequence after blocks "
                      f"without grad; kept {format_bytes(slope)} + {format_bytes(fixed)} per block")
