@@ -19,7 +19,7 @@ Blocks are measured at the batch that will run (``batch_size=``, else the exampl
 32 for built-in cells) and at a quarter of it, at 16 and 64 steps: the fit
 ``K * (a + b * B) + c`` separates what grows with the batch from what does not. The cost of a step
 also changes with the block length (activations outgrow the caches, fresh memory is faulted in),
-so blocks of 256 steps, and 4 times longer while a block takes under 0.3 s, are timed at the full
+so blocks of 256 steps, and 4 times longer while a block takes under 0.1 s, are timed at the full
 batch too, and the ratio to the fit is kept as `CellProfile.step_time_scale`.
 
 NOTE [ Fitting the time per block ]
@@ -44,13 +44,14 @@ NOTE [ Measuring overlap ]
 Whether backpropagating a block beside the recomputation of the block before it (NOTE
 [ Overlapping recomputation with backward ] in `vlrnn_torch.overlap`) pays depends on the device:
 on a GPU the two share its units through two streams, on a CPU they share its cores. So calls
-over 2 and 5 blocks (``OVERLAP_BLOCKS``) at the longest block length of the fit and the larger
-batch are timed with overlap on and off, in turn, ``REPEATS + 1`` times each; from the fastest of
-each, the seconds saved per overlapped block are the growth of the saving from 2 blocks to 5 (so
-that what overlap costs once per call, its worker thread, cancels), kept relative to the block's
-seconds with grad as `CellProfile.overlap_ratio`, and never below what hiding the shorter of the
-two parts (the recomputation, the backward) would give. Long calls amortise the per-call cost. The planner turns overlap on only where it saves enough
-(`vlrnn_planner.profile.OVERLAP_MIN_GAIN`).
+over 2 and 5 blocks (``OVERLAP_BLOCKS``) at the larger batch, at the longest block length of the
+fit whose block takes at most ``OVERLAP_TIME_LIMIT`` (the shortest otherwise), are timed with
+overlap on and off, in turn, ``REPEATS + 1`` times each. From the fastest of each, the seconds
+saved per overlapped block are the growth of the saving from 2 blocks to 5 (so that what overlap
+costs once per call, its worker thread, cancels), kept relative to the block's seconds with grad
+as `CellProfile.overlap_ratio`, and never below what hiding the shorter of the two parts (the
+recomputation, the backward) would give. Long calls amortise the per-call cost. The planner
+turns overlap on only where it saves enough (`vlrnn_planner.profile.OVERLAP_MIN_GAIN`).
 
 NOTE [ CPU memory ]
 -------------------
@@ -121,12 +122,13 @@ __all__ = ["profile_cell", "query_nvml", "NvmlInfo"]
 
 BLOCK_LENGTHS = (16, 64)  # the linear fit (NOTE [ Profile at the shapes that will run ])
 SCALE_LENGTHS = (256, 1024, 4096)  # timed for the scale factors while a block stays fast
-SCALE_TIME_LIMIT = 0.3  # seconds: no longer block length is timed once a block takes this
+SCALE_TIME_LIMIT = 0.1  # seconds: no longer block length is timed once a block takes this
 BUILTIN_BATCH = 32
 MIN_MEASURABLE_GROWTH = 4 * 2**20  # below this, the CPU's resident set is too noisy to calibrate
 REPEATS = 2
 EXTRA_REPEATS = 3
 OVERLAP_BLOCKS = (2, 5)  # NOTE [ Measuring overlap ]
+OVERLAP_TIME_LIMIT = 0.03  # seconds: the longest block with grad timed for overlap, where one is short
 CPU_ALLOCATOR_OVERHEAD_BYTES = 48 * 2**20  # NOTE [ CPU allocator overhead ]
 
 # The old private name of the CPU's resident-set reading (kept for the benchmarks that use it).
@@ -552,7 +554,10 @@ def _measure(setup: _Setup, resident: ResidentPeak | None) -> _Measured:
         if point.fb_seconds > SCALE_TIME_LIMIT:
             break
     measured = _Measured(points, scale_points, **sizes)
-    measured.overlap_ratio = _overlap_ratio(setup, points[-1])
+    # NOTE [ Measuring overlap ]: the longest block of the grid at the full batch that stays short
+    full_batch = points[len(BLOCK_LENGTHS):]
+    measured.overlap_ratio = _overlap_ratio(
+        setup, max((p for p in full_batch if p.fb_seconds <= OVERLAP_TIME_LIMIT), default=full_batch[0], key=lambda p: p.k))
     if resident is not None and resident.available:
         k_high = BLOCK_LENGTHS[-1]
         for name, k in (("anchor", k_high), ("calibration", 2 * k_high)):
