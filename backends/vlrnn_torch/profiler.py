@@ -72,8 +72,8 @@ grad (few, large outputs) and blocks with grad (many per-step tensors freed in r
 heap keeps freed memory in fragments that the next block cannot always reuse, so the resident set
 grows beyond what the tensors need. How much is not a function of the schedule: for an LSTM
 2 x 256 at batch 32 (benchmarks/bench_memory.py, each case in a process of its own after one warm
--up call) the growth beyond the model's tensors ranged from -22 MB to +50 MB over block lengths 5
-to 267, fresh and warm alike, and varied between runs of the same schedule. (Earlier
+-up call) the growth beyond the model's tensors ranged from -85 MB to +50 MB over block lengths 5
+to 800 in two runs, fresh and warm alike, and varied between runs of the same schedule. (Earlier
 measurements put a nearly fixed 38-45 MB here; most of it was torch importing sympy in the
 first call, NOTE [ What torch loads on the first backward ] in the executor.) A process cannot
 measure this ahead of time, so the planner counts its upper end on CPU: predictions err high by
