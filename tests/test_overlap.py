@@ -216,3 +216,45 @@ def test_profile_measures_overlap():
     profile = vp.auto_plan(nn.GRU(4, 8), budget="2GB").profile
     assert profile.overlap_ratio is not None and 0 <= profile.overlap_ratio < 10
     assert "overlap" in str(profile)
+
+
+def test_only_blocks_schedules_are_priced_with_overlap():
+    """A binomial schedule advances between its blocks with grad, so few of them run in a row:
+    the cost model does not price it as overlapped (nor inputs kept on the host, which would hold
+    a third block of them)."""
+    profile = vp.CellProfile(state_bytes_per_sample=3e4, activation_bytes_per_step=1e3,
+                             fb_seconds_per_step=1e-3, advance_seconds_per_step=3e-4, overlap_ratio=0.0)
+    workload = Workload(seq_len=100, batch_size=8)
+    budget = minimum_peak(profile, workload).peak_bytes * 3 // 2
+    sched = solve(profile, budget, workload)
+    assert sched.strategy == "binomial" and not sched.overlap
+    on_host = vp.CellProfile(**{**_PROFILE.to_dict(), "device": "cuda:0", "overlap_ratio": 0.5})
+    assert not solve(on_host, 30_000_000, Workload(seq_len=1000, batch_size=8, inputs_on_host=True)).overlap
+    assert solve(on_host, 30_000_000, Workload(seq_len=1000, batch_size=8)).overlap
+
+
+def test_a_gain_within_the_timing_spread_is_not_taken():
+    noisy = vp.CellProfile(**{**_PROFILE.to_dict(), "overlap_ratio": 0.85, "timing_spread": 0.2})
+    assert not noisy.overlap_pays
+    assert not solve(noisy, 30_000_000, Workload(seq_len=1000, batch_size=8)).overlap
+    assert vp.CellProfile(**{**noisy.to_dict(), "timing_spread": 0.1}).overlap_pays
+
+
+def test_no_overlap_ratio_for_a_cell_the_executor_never_overlaps():
+    class Normed(nn.Module):
+        time_dim = 0
+
+        def __init__(self):
+            super().__init__()
+            self.norm, self.gru = nn.BatchNorm1d(4), nn.GRU(4, 8)
+
+        def forward(self, x, h=None):
+            return self.gru(torch.stack([self.norm(x_t) for x_t in x.unbind(0)]), h)
+
+    profile = vp.auto_plan(Normed(), budget="2GB", example_input=torch.randn(16, 16, 4)).profile
+    assert profile.overlap_ratio is None and not profile.overlap_pays
+
+
+def test_overlap_must_be_a_bool():
+    with pytest.raises(vp.InvalidTypeError, match="overlap must be True, False or None"):
+        vp.backward(vp.fixed_plan(5), nn.GRU(3, 4), torch.randn(10, 2, 3), loss_fn=lambda o, t: o.sum(), overlap="no")

@@ -187,7 +187,11 @@ def backward(
     if not verify:
         kwargs["verify"] = False
     if overlap is not None:
-        kwargs["overlap"] = bool(overlap)
+        if not isinstance(overlap, bool):
+            raise InvalidTypeError(
+                f"vlrnn_planner: overlap must be True, False or None (as the schedule says), got {overlap!r}"
+            )
+        kwargs["overlap"] = overlap
     if progress is not None and progress is not False:
         if progress is not True and not callable(progress):
             raise InvalidTypeError(

@@ -613,7 +613,9 @@ def estimate(
     return Estimate(peak, seconds, parts, evaluations, stored, boundary_state_bytes(profile, workload), block, _fixed_bytes(parts))
 
 
-def overlapped(profile: CellProfile, workload: Workload, e: Estimate, *, block_length: int) -> Estimate | None:
+def overlapped(
+    profile: CellProfile, workload: Workload, e: Estimate, *, strategy: str, block_length: int
+) -> Estimate | None:
     """``e`` with each block backpropagated beside the recomputation of the one before it
     (NOTE [ Overlap in the cost model ]).
 
@@ -625,6 +627,10 @@ def overlapped(profile: CellProfile, workload: Workload, e: Estimate, *, block_l
         The step's data.
     e : Estimate
         The schedule without overlap, from `estimate` (blocks of equal steps).
+    strategy : str
+        Its strategy: only ``"blocks"`` runs every block after the first beside the
+        recomputation of the one before it (binomial and multilevel schedules advance between
+        their blocks with grad, and overlap only where two run in a row).
     block_length : int
         Its steps per block ``K``.
 
@@ -632,20 +638,21 @@ def overlapped(profile: CellProfile, workload: Workload, e: Estimate, *, block_l
     -------
     Estimate or None
         Fewer seconds and a second block in flight; None where overlap was not measured to pay
-        (`CellProfile.overlap_pays`) or there is one block.
+        (`CellProfile.overlap_pays`), for another strategy than ``"blocks"``, for inputs kept
+        on the host (a third block of them would be held), or for one block.
 
     Examples
     --------
     >>> p = CellProfile(activation_bytes_per_step=100.0, fb_seconds_per_step=1.0, overlap_ratio=0.5)
     >>> w = Workload(seq_len=100, batch_size=1)
     >>> e = estimate(p, w, strategy="blocks", block_length=10)
-    >>> o = overlapped(p, w, e, block_length=10)
+    >>> o = overlapped(p, w, e, strategy="blocks", block_length=10)
     >>> e.seconds - o.seconds, o.peak_bytes - e.peak_bytes
     (45.0, 1000)
     """
     k = min(block_length, workload.seq_len)
     n = math.ceil(workload.seq_len / k)
-    if not profile.overlap_pays or n < 2:
+    if not profile.overlap_pays or strategy != "blocks" or workload.inputs_on_host or n < 2:
         return None
     saved = (1 - profile.overlap_ratio) * (n - 1) / n * _fb_seconds(profile, workload, k)
     parts = e.memory_parts + ((SECOND_BLOCK, e.block_bytes),)

@@ -38,8 +38,9 @@ __all__ = ["CellProfile", "describe_profile", "TIMING_SPREAD_LIMIT", "OVERLAP_MI
 TIMING_SPREAD_LIMIT = 0.25
 
 #: The planner overlaps recomputation with backward only where a block with grad takes at most
-#: ``1 - OVERLAP_MIN_GAIN`` of its time alone (`CellProfile.overlap_ratio`): smaller gains are
-#: within what repeated timings differ by, and overlap holds a second block in flight.
+#: ``1 - OVERLAP_MIN_GAIN`` of its time alone (`CellProfile.overlap_ratio`), and less than the
+#: profile's timing spread allows: smaller gains are within what repeated timings differ by, and
+#: overlap holds a second block in flight.
 OVERLAP_MIN_GAIN = 0.05
 
 
@@ -232,8 +233,9 @@ class CellProfile:
     @property
     def overlap_pays(self) -> bool:
         """Whether overlapping recomputation with backward was measured to save at least
-        `OVERLAP_MIN_GAIN` of a block's seconds with grad."""
-        return self.overlap_ratio is not None and self.overlap_ratio <= 1 - OVERLAP_MIN_GAIN
+        `OVERLAP_MIN_GAIN` of a block's seconds with grad, and more than repeated timings of one
+        block differed by (`timing_spread`): a gain within the noise is not one."""
+        return self.overlap_ratio is not None and self.overlap_ratio <= 1 - max(OVERLAP_MIN_GAIN, self.timing_spread)
 
     @property
     def timing_reliable(self) -> bool:

@@ -337,7 +337,8 @@ def _fastest_equal_blocks(problem: _Problem) -> tuple[str, int, int | None, Esti
     best: tuple[str, int, int | None, Estimate, bool] | None = None
     for strategy, k, checkpoints in _shapes(profile, workload, budget, problem.block_multiple):
         e = estimate(profile, workload, strategy=strategy, block_length=k, checkpoints=checkpoints)
-        for priced, overlap in ((e, False), (overlapped(profile, workload, e, block_length=k), True)):
+        faster = overlapped(profile, workload, e, strategy=strategy, block_length=k)
+        for priced, overlap in ((e, False), (faster, True)):
             if priced is not None and priced.peak_bytes <= budget and (best is None or priced.seconds < best[3].seconds):
                 best = (strategy, k, checkpoints, priced, overlap)
     return best

@@ -50,8 +50,10 @@ overlap on and off, in turn, ``REPEATS + 1`` times each. From the fastest of eac
 saved per overlapped block are the growth of the saving from 2 blocks to 5 (so that what overlap
 costs once per call, its worker thread, cancels), kept relative to the block's seconds with grad
 as `CellProfile.overlap_ratio`, and never below what hiding the shorter of the two parts (the
-recomputation, the backward) would give. Long calls amortise the per-call cost. The planner
-turns overlap on only where it saves enough (`vlrnn_planner.profile.OVERLAP_MIN_GAIN`).
+recomputation, the backward) would give. Long calls amortise the per-call cost. Cells the
+executor never overlaps (with buffers, under DDP, compiled) get no ratio. The planner turns
+overlap on only where it saves enough (`vlrnn_planner.profile.OVERLAP_MIN_GAIN`, and more than
+the profile's timing spread).
 
 NOTE [ CPU memory ]
 -------------------
@@ -554,10 +556,13 @@ def _measure(setup: _Setup, resident: ResidentPeak | None) -> _Measured:
         if point.fb_seconds > SCALE_TIME_LIMIT:
             break
     measured = _Measured(points, scale_points, **sizes)
-    # NOTE [ Measuring overlap ]: the longest block of the grid at the full batch that stays short
-    full_batch = points[len(BLOCK_LENGTHS):]
-    measured.overlap_ratio = _overlap_ratio(
-        setup, max((p for p in full_batch if p.fb_seconds <= OVERLAP_TIME_LIMIT), default=full_batch[0], key=lambda p: p.k))
+    # NOTE [ Measuring overlap ]: the longest block of the grid at the full batch that stays short;
+    # not where the executor never overlaps (buffers, DDP, a compiled cell)
+    adapter = setup.adapter
+    if not BufferReplay(adapter.inner) and adapter.ddp is None and not adapter.compiled:
+        full_batch = points[len(BLOCK_LENGTHS):]
+        measured.overlap_ratio = _overlap_ratio(
+            setup, max((p for p in full_batch if p.fb_seconds <= OVERLAP_TIME_LIMIT), default=full_batch[0], key=lambda p: p.k))
     if resident is not None and resident.available:
         k_high = BLOCK_LENGTHS[-1]
         for name, k in (("anchor", k_high), ("calibration", 2 * k_high)):
