@@ -258,3 +258,15 @@ def test_no_overlap_ratio_for_a_cell_the_executor_never_overlaps():
 def test_overlap_must_be_a_bool():
     with pytest.raises(vp.InvalidTypeError, match="overlap must be True, False or None"):
         vp.backward(vp.fixed_plan(5), nn.GRU(3, 4), torch.randn(10, 2, 3), loss_fn=lambda o, t: o.sum(), overlap="no")
+
+
+def test_the_walk_of_an_overlapped_schedule_peaks_where_its_prediction_does():
+    from vlrnn_planner.simulate import predicted_memory, simulate_schedule
+
+    profile = vp.CellProfile(**{**_PROFILE.to_dict(), "overlap_ratio": 0.5})
+    sched = solve(profile, 30_000_000, Workload(seq_len=1000, batch_size=8))
+    assert sched.overlap
+    memory = predicted_memory(sched)
+    walked = simulate_schedule(sched, state_bytes=memory.state_bytes, block_bytes=memory.block_bytes,
+                               base_bytes=memory.base_bytes)
+    assert math.ceil(walked.peak_bytes) == sched.predicted_peak_bytes

@@ -92,7 +92,7 @@ class Prediction:
     state_bytes : float
         Bytes of one boundary state with its fixed companions (the batch's largest).
     block_bytes : int
-        Bytes of the largest block in flight.
+        Bytes of the largest block in flight (of the two in flight, with overlap).
     fixed_bytes : int
         Bytes held throughout the step: parameters, gradients, inputs and the like.
     baseline_seconds : float or None
