@@ -625,7 +625,7 @@ def run_schedule(
         run = _Run(schedule, adapter, view, loss_fn=loss_fn, final_loss_fn=final_loss_fn, scaler=scaler,
                    progress=progress, initial=initial, cuda_devices=cuda_devices, stash=stash, buffers=buffers,
                    reads=reads, parametrizations=parametrizations, verify=verify, sync=sync, own=own)
-        if overlap and not buffers and adapter.ddp is None and not adapter.compiled and observer is None:
+        if overlap and observer is None and can_overlap(adapter, buffers):
             run.overlap = Overlap(view.device)
         _interpret(run, observer)
         if run.overlap is not None:
@@ -671,6 +671,26 @@ def run_schedule(
     result = Result(loss=total, state=run.final_state, schedule=schedule, forward_evaluations=run.forward_evaluations)
     run.release()
     return result
+
+
+def can_overlap(adapter: Adapter, buffers: BufferReplay) -> bool:
+    """Whether the executor may overlap a block's backward with the next recomputation for this
+    cell (NOTE [ Overlapping recomputation with backward ]): not with buffers (a re-run restores
+    them while a backward may read them), a DDP cell (its reducer runs from the backward) or a
+    compiled one.
+
+    Parameters
+    ----------
+    adapter : Adapter
+        The cell's adapter.
+    buffers : BufferReplay
+        The cell's buffers.
+
+    Returns
+    -------
+    bool
+    """
+    return not buffers and adapter.ddp is None and not adapter.compiled
 
 
 def _refuse_without_grad() -> None:

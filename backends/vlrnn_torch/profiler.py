@@ -116,7 +116,7 @@ from vlrnn_planner.schedule import Schedule
 from .cells import Adapter, adapt
 from .devices import NvmlInfo, ResidentPeak, cpu_name, gpu_memory, host_memory, query_nvml
 from .effects import BufferReplay, GradStash
-from .executor import run_schedule
+from .executor import can_overlap, run_schedule
 from .sequences import make_view
 from .tree import flatten, unflatten
 
@@ -559,7 +559,7 @@ def _measure(setup: _Setup, resident: ResidentPeak | None) -> _Measured:
     # NOTE [ Measuring overlap ]: the longest block of the grid at the full batch that stays short;
     # not where the executor never overlaps (buffers, DDP, a compiled cell)
     adapter = setup.adapter
-    if not BufferReplay(adapter.inner) and adapter.ddp is None and not adapter.compiled:
+    if can_overlap(adapter, BufferReplay(adapter.inner)):
         full_batch = points[len(BLOCK_LENGTHS):]
         measured.overlap_ratio = _overlap_ratio(
             setup, max((p for p in full_batch if p.fb_seconds <= OVERLAP_TIME_LIMIT), default=full_batch[0], key=lambda p: p.k))
